@@ -1,0 +1,52 @@
+"""The pure core of sequent: the CurationJob and Invocation aggregates, the transition table,
+the guard, and CurationService (the command API over the ``eventsourcing`` event store).
+
+May import: the standard library, ``eventsourcing`` and the PostgreSQL driver it stores through.
+Never imports ``integrations``, ``projections`` or ``scripts``.
+"""
+
+from domain.errors import (
+    ActionNotAllowedHere,
+    ConcurrencyError,
+    InvalidDispatch,
+    InvalidParams,
+    InvalidTransition,
+    InvocationNotFound,
+    JobNotFound,
+    MalformedId,
+    SequentError,
+    StoreUnavailable,
+    StoreURLError,
+    UnknownAction,
+)
+from domain.outcomes import Applied, Discarded, DiscardReason, Dispatch, Verdict
+from domain.service import CurationService
+from domain.transitions import TRANSITIONS, FailReason, JobState
+from domain.views import HistoryEntry, InvocationView, JobView
+
+__all__ = [
+    "TRANSITIONS",
+    "ActionNotAllowedHere",
+    "Applied",
+    "ConcurrencyError",
+    "CurationService",
+    "DiscardReason",
+    "Discarded",
+    "Dispatch",
+    "FailReason",
+    "HistoryEntry",
+    "InvalidDispatch",
+    "InvalidParams",
+    "InvalidTransition",
+    "InvocationNotFound",
+    "InvocationView",
+    "JobNotFound",
+    "JobState",
+    "JobView",
+    "MalformedId",
+    "SequentError",
+    "StoreURLError",
+    "StoreUnavailable",
+    "UnknownAction",
+    "Verdict",
+]

@@ -1,0 +1,94 @@
+"""Typed errors of the command API: each names what was wrong, and raising one writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import UUID
+
+
+class SequentError(Exception):
+    """Base of every error sequent raises on purpose; the CLI prints these as one line."""
+
+
+class InvalidTransition(SequentError):
+    """The 409 of sequent: the action is not valid from the job's current state."""
+
+    def __init__(self, job_id: UUID, state: str, action: str, allowed: Iterable[str]) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.action = action
+        self.allowed = tuple(sorted(allowed))
+        allowed_text = ", ".join(self.allowed) or "none: the state is final"
+        super().__init__(
+            f"job {job_id}: action {action!r} is not valid from state {state!r} "
+            f"(allowed from: {allowed_text})"
+        )
+
+
+class JobNotFound(SequentError):
+    def __init__(self, job_id: UUID) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} not found")
+
+
+class InvocationNotFound(SequentError):
+    def __init__(self, invocation_id: UUID) -> None:
+        self.invocation_id = invocation_id
+        super().__init__(f"invocation {invocation_id} not found")
+
+
+class MalformedId(SequentError):
+    def __init__(self, kind: str, value: object) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(f"malformed {kind} id {value!r}: expected a UUID")
+
+
+class UnknownAction(SequentError):
+    def __init__(self, action: object, known: Iterable[str]) -> None:
+        self.action = action
+        self.known = tuple(known)
+        super().__init__(f"unknown action {action!r} (known: {', '.join(self.known)})")
+
+
+class ActionNotAllowedHere(SequentError):
+    """A known action offered through the wrong door, e.g. SessionSpawned outside complete()."""
+
+    def __init__(self, action: str, why: str) -> None:
+        self.action = action
+        super().__init__(f"action {action!r} {why}")
+
+
+class InvalidParams(SequentError):
+    def __init__(self, action: str, problems: Iterable[str]) -> None:
+        self.action = action
+        self.problems = tuple(problems)
+        super().__init__(f"{action}: " + "; ".join(self.problems))
+
+
+class InvalidDispatch(SequentError):
+    """A dispatch that contradicts the recorded invocation it names (forged or corrupted)."""
+
+    def __init__(self, invocation_id: UUID, why: str) -> None:
+        self.invocation_id = invocation_id
+        super().__init__(f"dispatch for invocation {invocation_id} is invalid: {why}")
+
+
+class ConcurrencyError(SequentError):
+    """Version conflicts kept recurring past the retry bound; nothing was written by this call."""
+
+    def __init__(self, what: str, attempts: int) -> None:
+        self.attempts = attempts
+        super().__init__(f"{what}: still conflicting after {attempts} attempts; nothing written")
+
+
+class StoreURLError(SequentError):
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        super().__init__(f"bad store URL {url!r}: {why}")
+
+
+class StoreUnavailable(SequentError):
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        super().__init__(f"store {url!r} is unreachable: {why}")

@@ -1,0 +1,80 @@
+"""The Invocation aggregate: one per dispatched integration run, and the audit record of every
+completion that named it."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.outcomes import Applied, DiscardReason, Verdict
+
+DEFAULT_INTEGRATION = "build_session_message"
+
+
+class Invocation(Aggregate):
+    @event("Started")
+    def __init__(
+        self,
+        id: UUID,
+        job_id: UUID,
+        expected_version: int,
+        attempt: int = 0,
+        integration: str = DEFAULT_INTEGRATION,
+        module_sha256: str = "",
+    ) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.expected_version = expected_version
+        self.integration = integration
+        self.module_sha256 = module_sha256
+        self.started = True
+        self.completions = 0
+        self.verdicts: list[dict[str, Any]] = []
+
+    class Unrecognised(Aggregate.Created):
+        """Created instead of Started when a completion names an invocation that was never
+        started, so even a forged or corrupted completion is audited, not silently dropped."""
+
+        job_id: UUID
+        expected_version: int
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.started = False
+            aggregate.integration = ""
+
+    @classmethod
+    def unrecognised(cls, id: UUID, job_id: UUID, expected_version: int) -> Invocation:
+        return cls._create(
+            cls.Unrecognised, id=id, job_id=job_id, expected_version=expected_version
+        )
+
+    @property
+    def settled(self) -> bool:
+        """True once a completion has been decided; any later completion is a duplicate."""
+        return bool(self.verdicts)
+
+    def record(self, action: str, params: dict[str, Any], verdict: Verdict) -> None:
+        """Records one arriving completion and the guard's verdict on it, as a pair of events."""
+        self._finished(action=action, params=params)
+        if isinstance(verdict, Applied):
+            self._applied(job_version=verdict.job_version)
+            return
+        self._discarded(
+            reason=verdict.reason,
+            job_version_seen=verdict.job_version_seen,
+            job_state_seen=verdict.job_state_seen,
+        )
+
+    @event("Finished")
+    def _finished(self, action: str, params: dict[str, Any]) -> None:
+        self.completions += 1
+
+    @event("Applied")
+    def _applied(self, job_version: int) -> None:
+        self.verdicts.append({"verdict": "Applied", "job_version": job_version})
+
+    @event("Discarded")
+    def _discarded(self, reason: DiscardReason, job_version_seen: int, job_state_seen: str) -> None:
+        self.verdicts.append({"verdict": "Discarded", "reason": str(reason)})

@@ -1,0 +1,274 @@
+"""CurationService: the command API (DESIGN.md §5) as an ``eventsourcing`` Application.
+
+Each command loads, decides, and saves in one ``Application.save``; a version conflict reloads
+and decides again, a bounded number of times. A conflict is never turned into a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
+
+import psycopg
+import psycopg_pool
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from domain.errors import (
+    ActionNotAllowedHere,
+    ConcurrencyError,
+    InvalidDispatch,
+    InvocationNotFound,
+    JobNotFound,
+    MalformedId,
+    StoreUnavailable,
+)
+from domain.guard import decide
+from domain.invocation import DEFAULT_INTEGRATION, Invocation
+from domain.job import CurationJob
+from domain.outcomes import Applied, Dispatch, Verdict
+from domain.storage import StoreConfig, default_url, first_line, parse_store_url
+from domain.transitions import COMPLETION_ACTIONS, TRANSITIONS, transition
+from domain.views import HistoryEntry, InvocationView, JobView
+
+T = TypeVar("T")
+
+SNAPSHOT_INTERVAL = 100
+MAX_CONFLICT_RETRIES = 8
+
+# What the store drivers raise when the database cannot be reached or dies mid-call.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    PersistenceError,
+    psycopg.Error,
+    psycopg_pool.PoolTimeout,
+    OSError,
+)
+
+
+def as_uuid(value: object, kind: str = "job") -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise MalformedId(kind, value) from None
+
+
+class CurationService(Application[UUID]):
+    name = "Sequent"
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {CurationJob: SNAPSHOT_INTERVAL}
+    max_conflict_retries = MAX_CONFLICT_RETRIES
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        url: str = "memory://",
+        module_sha256: str = "",
+    ) -> None:
+        super().__init__(env)
+        self.url = url
+        self.module_sha256 = module_sha256  # recorded on each Started; set by the composition root
+
+    @classmethod
+    def open(cls, url: str | None = None, *, module_sha256: str = "") -> CurationService:
+        """Opens the store named by ``url`` (default: ``$SEQUENT_DB`` or a SQLite file under
+        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable."""
+        config: StoreConfig = parse_store_url(url or default_url())
+        config.prepare()
+        try:
+            return cls(config.env, url=config.url, module_sha256=module_sha256)
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(config.url, first_line(exc)) from None
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def create_job(self, spec: Mapping[str, Any]) -> UUID:
+        values = TRANSITIONS["Create"].validate({"spec": spec})
+        job = CurationJob(**values)
+        self.save(job)
+        return job.id
+
+    def configure(self, job_id: UUID | str, settings: Mapping[str, Any]) -> None:
+        self.execute(job_id, "Configure", {"settings": settings})
+
+    def submit(self, job_id: UUID | str) -> Dispatch:
+        dispatch = self.execute(job_id, "Submit")
+        assert dispatch is not None  # Submit starts an invocation by its table row
+        return dispatch
+
+    def fail(
+        self,
+        job_id: UUID | str,
+        reason: str = "operator",
+        message: str = "",
+        decision_id: str | None = None,
+    ) -> None:
+        params: dict[str, Any] = {"reason": reason, "message": message}
+        if decision_id is not None:
+            params["decision_id"] = decision_id
+        self.execute(job_id, "Fail", params)
+
+    def retry(self, job_id: UUID | str) -> None:
+        self.execute(job_id, "Retry")
+
+    def execute(
+        self, job_id: UUID | str, action: str, params: Mapping[str, Any] | None = None
+    ) -> Dispatch | None:
+        """Performs any input action of the table by name. Returns the new Dispatch for actions
+        that start an invocation (Submit, RepairRequired), else None."""
+        row = transition(action)
+        if row.completion_only:
+            raise ActionNotAllowedHere(action, "only arrives through complete(dispatch, ...)")
+        if not row.sources:
+            raise ActionNotAllowedHere(action, "is create_job(spec), not a command on a job")
+        values = row.validate(params)
+        job_uuid = as_uuid(job_id)
+
+        def once() -> Dispatch | None:
+            job = self._job(job_uuid)
+            job.perform(action, values)
+            if not row.starts_invocation:
+                self.save(job)
+                return None
+            invocation = self._start_invocation(job)
+            self.save(job, invocation)
+            return Dispatch(job.id, invocation.id, invocation.expected_version, job.attempt)
+
+        return self._retrying(f"{action} on job {job_uuid}", once)
+
+    def complete(
+        self, dispatch: Dispatch, action: str, params: Mapping[str, Any] | None = None
+    ) -> Verdict:
+        """The guarded completion: records the completion on its invocation exactly once, as
+        Applied (the job moved) or Discarded with a reason (the job is untouched)."""
+        if action not in COMPLETION_ACTIONS:
+            transition(action)  # an unknown name gets UnknownAction rather than the line below
+            raise ActionNotAllowedHere(
+                action,
+                f"is not a completion action (one of {', '.join(sorted(COMPLETION_ACTIONS))})",
+            )
+        values = transition(action).validate(params)
+        job_id = as_uuid(dispatch.job_id)
+
+        def once() -> Verdict:
+            job = self._job(job_id)
+            invocation = self._invocation_or_none(dispatch.invocation_id)
+            if invocation is not None and invocation.job_id != job_id:
+                raise InvalidDispatch(
+                    dispatch.invocation_id, f"it belongs to job {invocation.job_id}"
+                )
+            verdict = decide(job, invocation, dispatch, action)
+            if invocation is None:
+                invocation = Invocation.unrecognised(
+                    id=dispatch.invocation_id,
+                    job_id=job_id,
+                    expected_version=dispatch.expected_version,
+                )
+            if isinstance(verdict, Applied):
+                job.perform(action, values, invocation_id=dispatch.invocation_id)
+                verdict = Applied(dispatch.invocation_id, job.version)
+            invocation.record(action, values, verdict)
+            # Saved together: either the job moved and the invocation says so, or neither.
+            self.save(job, invocation)
+            return verdict
+
+        return self._retrying(f"completion of invocation {dispatch.invocation_id}", once)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def get(self, job_id: UUID | str) -> JobView:
+        job_uuid = as_uuid(job_id)
+        with self._store_call():
+            return JobView.of(self._job(job_uuid))
+
+    def invocation(self, invocation_id: UUID | str) -> InvocationView:
+        invocation_uuid = as_uuid(invocation_id, "invocation")
+        with self._store_call():
+            invocation = self._invocation_or_none(invocation_uuid)
+        if invocation is None:
+            raise InvocationNotFound(invocation_uuid)
+        return InvocationView.of(invocation)
+
+    def history(self, job_id: UUID | str, *, invocations: bool = True) -> list[HistoryEntry]:
+        """Every event of the job in order; with ``invocations``, merged (by time) with the
+        events of every invocation the job started, so discards show up in the job's story."""
+        job_uuid = as_uuid(job_id)
+        events = self._events(job_uuid, CurationJob.Event, JobNotFound)
+        entries = [HistoryEntry.of("job", e) for e in events]
+        if not invocations:
+            return entries
+        started = [e.data["invocation_id"] for e in entries if "invocation_id" in e.data]
+        for invocation_id in dict.fromkeys(i for i in started if i is not None):
+            entries.extend(self.invocation_history(invocation_id))
+        entries.sort(key=lambda e: e.timestamp)
+        return entries
+
+    def invocation_history(self, invocation_id: UUID | str) -> list[HistoryEntry]:
+        invocation_uuid = as_uuid(invocation_id, "invocation")
+        return [
+            HistoryEntry.of("invocation", e)
+            for e in self._events(invocation_uuid, Invocation.Event, InvocationNotFound)
+        ]
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _start_invocation(self, job: CurationJob) -> Invocation:
+        assert job.current_invocation is not None
+        return Invocation(
+            id=job.current_invocation,
+            job_id=job.id,
+            expected_version=job.version,  # the version right after Submitted/RepairRequired
+            attempt=job.attempt,
+            integration=DEFAULT_INTEGRATION,
+            module_sha256=self.module_sha256,
+        )
+
+    def _retrying(self, what: str, once: Callable[[], T]) -> T:
+        for _ in range(self.max_conflict_retries):
+            try:
+                with self._store_call():
+                    return once()
+            except IntegrityError:
+                continue  # someone else wrote first: reload and decide again
+        raise ConcurrencyError(what, self.max_conflict_retries)
+
+    @contextmanager
+    def _store_call(self) -> Iterator[None]:
+        """Turns a lost or refused database connection into StoreUnavailable; a version
+        conflict passes through for the caller to retry."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except STORE_ERRORS as exc:
+            raise StoreUnavailable(self.url, first_line(exc)) from None
+
+    def _job(self, job_id: UUID) -> CurationJob:
+        try:
+            job: object = self.repository.get(job_id)
+        except AggregateNotFoundError:
+            raise JobNotFound(job_id) from None
+        if not isinstance(job, CurationJob):
+            raise JobNotFound(job_id)
+        return job
+
+    def _invocation_or_none(self, invocation_id: UUID) -> Invocation | None:
+        try:
+            invocation: object = self.repository.get(invocation_id)
+        except AggregateNotFoundError:
+            return None
+        if not isinstance(invocation, Invocation):
+            raise InvalidDispatch(invocation_id, "that id names a job, not an invocation")
+        return invocation
+
+    def _events(
+        self, aggregate_id: UUID, event_base: type[Any], missing: Callable[[UUID], Exception]
+    ) -> list[Any]:
+        with self._store_call():
+            events = list(self.events.get(aggregate_id))
+        if not events or not isinstance(events[0], event_base):
+            raise missing(aggregate_id)
+        return events

@@ -1,0 +1,4 @@
+"""The composition root and the edges users touch: the ``sequent`` CLI and the incident demo.
+
+May import ``domain``, ``integrations`` and ``projections``; nothing imports ``scripts``.
+"""
