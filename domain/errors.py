@@ -15,12 +15,12 @@ class InvalidTransition(SequentError):
 
     def __init__(self, job_id: UUID, state: str, action: str, allowed: Iterable[str]) -> None:
         self.job_id = job_id
-        self.state = state
+        self.state = str(state)
         self.action = action
-        self.allowed = tuple(sorted(allowed))
+        self.allowed = tuple(sorted(str(a) for a in allowed))
         allowed_text = ", ".join(self.allowed) or "none: the state is final"
         super().__init__(
-            f"job {job_id}: action {action!r} is not valid from state {state!r} "
+            f"job {job_id}: action {action!r} is not valid from state '{self.state}' "
             f"(allowed from: {allowed_text})"
         )
 

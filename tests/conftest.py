@@ -1,0 +1,89 @@
+"""Store fixtures: every test gets its own SQLite file or PostgreSQL schema, dropped afterwards.
+
+PostgreSQL is the server on 127.0.0.1:5432 (override with SEQUENT_TEST_PG). When it cannot be
+reached, its tests skip on a developer's machine and *fail* when CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from domain import CurationService
+
+PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+STORES = ("memory", "sqlite", "postgres")
+
+
+def _pg_reachable() -> str | None:
+    try:
+        with psycopg.connect(PG_URL, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return str(exc).strip().splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    problem = _pg_reachable()
+    if problem is None:
+        return PG_URL
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {problem}")
+    pytest.skip(f"PostgreSQL unreachable (set CI=true to make this fail): {problem}")
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh schema in the test database, dropped with everything in it afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield f"{pg_server}?schema={schema}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def url_for(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Returns a function giving a fresh store URL for a store kind."""
+
+    def make(kind: str) -> str:
+        if kind == "memory":
+            return "memory://"
+        if kind == "sqlite":
+            return f"sqlite:///{tmp_path / f'{uuid.uuid4().hex[:8]}.db'}"
+        if kind == "postgres":
+            return str(request.getfixturevalue("pg_url"))
+        raise ValueError(kind)
+
+    return make
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, url_for: Callable[[str], str]) -> str:
+    if request.param == "postgres":
+        request.applymarker(pytest.mark.postgres)
+    return url_for(request.param)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store_url(request: pytest.FixtureRequest, url_for: Callable[[str], str]) -> str:
+    """Stores that several service instances (threads, processes) can share."""
+    return url_for(request.param)
+
+
+@pytest.fixture
+def svc(store_url: str) -> Iterator[CurationService]:
+    service = CurationService.open(store_url)
+    yield service
+    service.close()
+
+
+def event_count(service: CurationService) -> int:
+    """All events in the store: the measure of "nothing was written"."""
+    return service.recorder.max_notification_id() or 0
