@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -40,8 +42,9 @@ def pg_server() -> str:
 
 
 @pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
+def pg_url(pg_server: str, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh schema in the test database, dropped with everything in it afterwards."""
+    request.node.user_properties.append(("store", "postgres"))  # counted in the summary
     schema = f"t_{uuid.uuid4().hex[:16]}"
     yield f"{pg_server}?schema={schema}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
@@ -87,3 +90,15 @@ def svc(store_url: str) -> Iterator[CurationService]:
 def event_count(service: CurationService) -> int:
     """All events in the store: the measure of "nothing was written"."""
     return service.recorder.max_notification_id() or 0
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Says how many tests really ran against PostgreSQL, so a run that skipped them shows."""
+    outcomes: Counter[str] = Counter()
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = dict(getattr(report, "user_properties", ()))
+            if props.get("store") == "postgres" and getattr(report, "when", "") == "call":
+                outcomes[report.outcome] += 1
+    counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())) or "none ran"
+    terminalreporter.write_line(f"PostgreSQL tests ({PG_URL}): {counts}")

@@ -1,0 +1,35 @@
+"""The README's copy of the state machine matches the table the code runs on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from domain import TRANSITIONS
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_table() -> dict[str, list[str]]:
+    lines = README.read_text().splitlines()
+    start = lines.index("| action | params | from | to | event |") + 2
+    rows: dict[str, list[str]] = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def names(cell: str) -> set[str]:
+    return set() if cell == "—" else {part.strip() for part in cell.split(",")}
+
+
+def test_readme_state_table_matches_the_code() -> None:
+    rows = readme_table()
+    assert list(rows) == list(TRANSITIONS)
+    for action, (params, sources, target, event) in rows.items():
+        row = TRANSITIONS[action]
+        assert names(params) == {p.name for p in row.params}, action
+        assert names(sources) == {str(s) for s in row.sources}, action
+        assert (target, event) == (str(row.target), row.event), action
