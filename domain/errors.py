@@ -91,4 +91,4 @@ class StoreURLError(SequentError):
 class StoreUnavailable(SequentError):
     def __init__(self, url: str, why: str) -> None:
         self.url = url
-        super().__init__(f"store {url!r} is unreachable: {why}")
+        super().__init__(f"store {url!r} is unavailable: {why}")
