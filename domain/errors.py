@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
 
@@ -35,6 +36,26 @@ class InvocationNotFound(SequentError):
     def __init__(self, invocation_id: UUID) -> None:
         self.invocation_id = invocation_id
         super().__init__(f"invocation {invocation_id} not found")
+
+
+class LeaseHeld(SequentError):
+    """Another worker holds an unexpired lease on the invocation."""
+
+    def __init__(self, invocation_id: UUID, holder: str, until: datetime) -> None:
+        self.invocation_id = invocation_id
+        self.holder = holder
+        self.until = until
+        super().__init__(
+            f"invocation {invocation_id} is leased to {holder!r} until {until.isoformat()}"
+        )
+
+
+class InvocationFinished(SequentError):
+    """The invocation already has its completion; there is nothing left to run."""
+
+    def __init__(self, invocation_id: UUID) -> None:
+        self.invocation_id = invocation_id
+        super().__init__(f"invocation {invocation_id} has already finished")
 
 
 class MalformedId(SequentError):

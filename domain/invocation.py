@@ -3,11 +3,13 @@ completion that named it."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from domain.errors import InvocationFinished, LeaseHeld
 from domain.outcomes import Applied, DiscardReason, Verdict
 
 DEFAULT_INTEGRATION = "build_session_message"
@@ -32,6 +34,9 @@ class Invocation(Aggregate):
         self.started = True
         self.completions = 0
         self.verdicts: list[dict[str, Any]] = []
+        self.lease_holder: str | None = None
+        self.lease_until: datetime | None = None
+        self.compensated: list[str] = []
 
     class Unrecognised(Aggregate.Created):
         """Created instead of Started when a completion names an invocation that was never
@@ -55,6 +60,25 @@ class Invocation(Aggregate):
         """True once a completion has been decided; any later completion is a duplicate."""
         return bool(self.verdicts)
 
+    @property
+    def finished(self) -> bool:
+        """True once any completion arrived: the run is over, whatever its verdict."""
+        return self.completions > 0
+
+    def claim(self, worker: str, now: datetime, lease: timedelta) -> None:
+        """Takes (or renews) the lease to run this invocation. Two workers racing for it both
+        append Claimed at the same version, so the store lets exactly one of them win."""
+        if self.finished:
+            raise InvocationFinished(self.id)
+        holder, until = self.lease_holder, self.lease_until
+        if holder is not None and until is not None and until > now and holder != worker:
+            raise LeaseHeld(self.id, holder, until)
+        self._claimed(worker=worker, lease_until=now + lease)
+
+    def compensate(self, session_id: str) -> None:
+        """Records that a session left behind by a discarded completion was stopped."""
+        self._compensated(session_id=session_id)
+
     def record(self, action: str, params: dict[str, Any], verdict: Verdict) -> None:
         """Records one arriving completion and the guard's verdict on it, as a pair of events."""
         self._finished(action=action, params=params)
@@ -66,6 +90,15 @@ class Invocation(Aggregate):
             job_version_seen=verdict.job_version_seen,
             job_state_seen=verdict.job_state_seen,
         )
+
+    @event("Claimed")
+    def _claimed(self, worker: str, lease_until: datetime) -> None:
+        self.lease_holder = worker
+        self.lease_until = lease_until
+
+    @event("Compensated")
+    def _compensated(self, session_id: str) -> None:
+        self.compensated.append(session_id)
 
     @event("Finished")
     def _finished(self, action: str, params: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
@@ -25,12 +26,20 @@ from domain.errors import (
     MalformedId,
     StoreUnavailable,
 )
+from domain.feed import PendingInvocations
 from domain.guard import decide
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.storage import StoreConfig, default_url, first_line, parse_store_url
-from domain.transitions import COMPLETION_ACTIONS, TRANSITIONS, transition
+from domain.transitions import (
+    COMPLETION_ACTIONS,
+    STATE_TIMEOUTS,
+    TRANSITIONS,
+    FailReason,
+    JobState,
+    transition,
+)
 from domain.views import HistoryEntry, InvocationView, JobView
 
 T = TypeVar("T")
@@ -177,6 +186,66 @@ class CurationService(Application[UUID]):
 
         return self._retrying(f"completion of invocation {dispatch.invocation_id}", once)
 
+    def expire(
+        self,
+        job_id: UUID | str,
+        now: datetime | None = None,
+        timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
+    ) -> bool:
+        """Fails the job with reason ``timeout`` if it has sat in its state past the table's
+        limit; decided again on the freshly loaded job, so a job that just moved is left be."""
+        job_uuid = as_uuid(job_id)
+        moment = now or datetime.now(UTC)
+
+        def once() -> bool:
+            job = self._job(job_uuid)
+            deadline = job.timeout_at(timeouts)
+            if deadline is None or deadline > moment:
+                return False
+            limit = timeouts[job.state]
+            job.fail(reason=FailReason.TIMEOUT, message=f"{job.state} for longer than {limit}")
+            self.save(job)
+            return True
+
+        return self._retrying(f"timeout of job {job_uuid}", once)
+
+    # -- invocations: what a dispatcher needs ------------------------------------------------
+
+    def claim(
+        self,
+        invocation_id: UUID | str,
+        worker: str,
+        lease: timedelta,
+        now: datetime | None = None,
+    ) -> Dispatch:
+        """Takes the lease on an invocation (LeaseHeld if another worker has it, and
+        InvocationFinished if it is done) and returns the Dispatch to run it under."""
+        invocation_uuid = as_uuid(invocation_id, "invocation")
+
+        def once() -> Dispatch:
+            invocation = self._invocation(invocation_uuid)
+            invocation.claim(worker, now or datetime.now(UTC), lease)
+            self.save(invocation)
+            return Dispatch(
+                invocation.job_id, invocation.id, invocation.expected_version, invocation.attempt
+            )
+
+        return self._retrying(f"claim of invocation {invocation_uuid}", once)
+
+    def compensate(self, invocation_id: UUID | str, session_id: str) -> None:
+        invocation_uuid = as_uuid(invocation_id, "invocation")
+
+        def once() -> None:
+            invocation = self._invocation(invocation_uuid)
+            invocation.compensate(session_id)
+            self.save(invocation)
+
+        self._retrying(f"compensation of invocation {invocation_uuid}", once)
+
+    def pending_invocations(self) -> PendingInvocations:
+        """A follower of the store's invocations that are started and not yet finished."""
+        return PendingInvocations(self)
+
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, job_id: UUID | str) -> JobView:
@@ -187,10 +256,7 @@ class CurationService(Application[UUID]):
     def invocation(self, invocation_id: UUID | str) -> InvocationView:
         invocation_uuid = as_uuid(invocation_id, "invocation")
         with self._store_call():
-            invocation = self._invocation_or_none(invocation_uuid)
-        if invocation is None:
-            raise InvocationNotFound(invocation_uuid)
-        return InvocationView.of(invocation)
+            return InvocationView.of(self._invocation(invocation_uuid))
 
     def history(self, job_id: UUID | str, *, invocations: bool = True) -> list[HistoryEntry]:
         """Every event of the job in order; with ``invocations``, merged (by time) with the
@@ -254,6 +320,12 @@ class CurationService(Application[UUID]):
         if not isinstance(job, CurationJob):
             raise JobNotFound(job_id)
         return job
+
+    def _invocation(self, invocation_id: UUID) -> Invocation:
+        invocation = self._invocation_or_none(invocation_id)
+        if invocation is None:
+            raise InvocationNotFound(invocation_id)
+        return invocation
 
     def _invocation_or_none(self, invocation_id: UUID) -> Invocation | None:
         try:

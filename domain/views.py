@@ -62,6 +62,9 @@ class InvocationView:
     started: bool
     completions: int
     verdicts: list[dict[str, Any]]
+    lease_holder: str | None
+    lease_until: datetime | None
+    compensated: list[str]
 
     @classmethod
     def of(cls, invocation: Invocation) -> InvocationView:
@@ -75,6 +78,9 @@ class InvocationView:
             started=invocation.started,
             completions=invocation.completions,
             verdicts=list(invocation.verdicts),
+            lease_holder=invocation.lease_holder,
+            lease_until=invocation.lease_until,
+            compensated=list(invocation.compensated),
         )
 
 

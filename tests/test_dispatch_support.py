@@ -1,0 +1,120 @@
+"""What a dispatcher relies on in the store: the pending feed, leases, timeouts, compensation."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from domain import (
+    Applied,
+    CurationService,
+    Discarded,
+    InvocationFinished,
+    JobState,
+    LeaseHeld,
+)
+from domain.transitions import STATE_TIMEOUTS
+
+LEASE = timedelta(seconds=30)
+
+
+def test_pending_feed_follows_starts_and_finishes(svc: CurationService) -> None:
+    feed = svc.pending_invocations()
+    assert feed.refresh() == []
+    dispatches = [svc.submit(svc.create_job({"n": n})) for n in range(3)]
+    assert feed.refresh() == [d.invocation_id for d in dispatches]
+    svc.complete(dispatches[1], "SessionSpawned", {"session_id": "s"})
+    expected = [dispatches[0].invocation_id, dispatches[2].invocation_id]
+    assert feed.refresh() == expected
+    assert svc.pending_invocations().refresh() == expected  # a fresh follower agrees
+    position = feed.position
+    assert feed.refresh() == expected
+    assert feed.position == position
+
+
+def test_a_lease_excludes_other_workers_until_it_expires(svc: CurationService) -> None:
+    dispatch = svc.submit(svc.create_job({"target": "t"}))
+    now = datetime.now(UTC)
+    assert svc.claim(dispatch.invocation_id, "w1", LEASE, now) == dispatch
+    with pytest.raises(LeaseHeld) as caught:
+        svc.claim(dispatch.invocation_id, "w2", LEASE, now + LEASE / 2)
+    assert caught.value.holder == "w1"
+    svc.claim(dispatch.invocation_id, "w1", LEASE, now + LEASE / 2)  # renewal by the holder
+    taken_over = svc.claim(dispatch.invocation_id, "w2", LEASE, now + 2 * LEASE)
+    assert taken_over == dispatch
+    assert svc.invocation(dispatch.invocation_id).lease_holder == "w2"
+
+
+def test_a_finished_invocation_cannot_be_claimed(svc: CurationService) -> None:
+    dispatch = svc.submit(svc.create_job({"target": "t"}))
+    svc.complete(dispatch, "SessionSpawned", {"session_id": "s"})
+    with pytest.raises(InvocationFinished):
+        svc.claim(dispatch.invocation_id, "w1", LEASE)
+
+
+def test_racing_claims_have_one_winner(shared_store_url: str) -> None:
+    workers = [CurationService.open(shared_store_url) for _ in range(4)]
+    try:
+        dispatch = workers[0].submit(workers[0].create_job({"target": "t"}))
+
+        def claim(n: int) -> str:
+            try:
+                workers[n].claim(dispatch.invocation_id, f"w{n}", LEASE)
+            except LeaseHeld:
+                return "held"
+            return "won"
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(claim, range(4)))
+        assert results.count("won") == 1
+        claims = [
+            e for e in workers[0].invocation_history(dispatch.invocation_id) if e.name == "Claimed"
+        ]
+        assert len(claims) == 1
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def test_expire_fails_only_jobs_past_their_state_timeout(svc: CurationService) -> None:
+    job_id = svc.create_job({"target": "t"})
+    dispatch = svc.submit(job_id)
+    ready_since = svc.get(job_id).modified_on
+    limit = STATE_TIMEOUTS[JobState.READY]
+    assert svc.expire(job_id, ready_since + limit - timedelta(seconds=1)) is False
+    assert svc.get(job_id).state == JobState.READY
+    assert svc.expire(job_id, ready_since + limit) is True
+    job = svc.get(job_id)
+    assert job.state == JobState.FAILED
+    assert job.failure is not None
+    assert job.failure["reason"] == "timeout"
+    assert svc.expire(job_id, ready_since + 10 * limit) is False  # Failed has no timeout
+    # The run dispatched before the timeout now completes late: discarded, job untouched.
+    late = svc.complete(dispatch, "SessionSpawned", {"session_id": "s"})
+    assert isinstance(late, Discarded)
+    assert late.reason == "job_moved_on"
+
+
+def test_custom_timeouts(svc: CurationService) -> None:
+    job_id = svc.create_job({"target": "t"})
+    svc.submit(job_id)
+    short: Any = {JobState.READY: timedelta(milliseconds=1)}
+    assert svc.expire(job_id, datetime.now(UTC) + timedelta(seconds=1), short) is True
+
+
+def test_compensation_is_recorded_on_the_invocation(svc: CurationService) -> None:
+    job_id = svc.create_job({"target": "t"})
+    stale = svc.submit(job_id)
+    svc.fail(job_id, reason="timeout")
+    svc.retry(job_id)
+    current = svc.submit(job_id)
+    assert isinstance(svc.complete(current, "SessionSpawned", {"session_id": "s-new"}), Applied)
+    assert isinstance(svc.complete(stale, "SessionSpawned", {"session_id": "s-old"}), Discarded)
+    svc.compensate(stale.invocation_id, "s-old")
+    assert svc.invocation(stale.invocation_id).compensated == ["s-old"]
+    names = [e.name for e in svc.history(job_id) if e.aggregate == "invocation"]
+    assert names.count("Compensated") == 1
+    assert svc.get(job_id).session_id == "s-new"
