@@ -22,7 +22,7 @@ from domain.errors import (
     UnknownAction,
 )
 from domain.outcomes import Applied, Discarded, DiscardReason, Dispatch, Verdict
-from domain.service import CurationService
+from domain.service import CurationService, as_uuid
 from domain.transitions import TRANSITIONS, FailReason, JobState
 from domain.views import HistoryEntry, InvocationView, JobView
 
@@ -53,4 +53,5 @@ __all__ = [
     "StoreUnavailable",
     "UnknownAction",
     "Verdict",
+    "as_uuid",
 ]

@@ -43,11 +43,13 @@ class StoreConfig:
 
     def prepare(self) -> None:
         """Creates what the event store expects to exist: the SQLite file's folder, or the
-        PostgreSQL schema named in the URL."""
+        PostgreSQL schema named in the URL. For PostgreSQL this is also one direct connection
+        attempt, so a refused connection is reported at once rather than after the pool's
+        timeout."""
         if self.kind == "sqlite":
             _prepare_sqlite(self)
-        elif self.kind == "postgresql" and self.env["POSTGRES_SCHEMA"]:
-            _prepare_postgres_schema(self)
+        elif self.kind == "postgresql":
+            _prepare_postgres(self)
 
 
 def parse_store_url(url: str) -> StoreConfig:
@@ -141,14 +143,14 @@ def postgres_conninfo(env: dict[str, str]) -> str:
     )
 
 
-def _prepare_postgres_schema(config: StoreConfig) -> None:
+def _prepare_postgres(config: StoreConfig) -> None:
+    schema = config.env["POSTGRES_SCHEMA"]
     try:
         with psycopg.connect(postgres_conninfo(config.env), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(config.env["POSTGRES_SCHEMA"])
+            if schema:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
                 )
-            )
     except psycopg.OperationalError as exc:
         raise StoreUnavailable(config.url, first_line(exc)) from None
 

@@ -29,8 +29,8 @@ from domain import (
     HistoryEntry,
     JobView,
     Verdict,
+    as_uuid,
 )
-from domain.service import as_uuid
 from domain.storage import DB_URL_ENV, DEFAULT_DB_URL, default_url
 from scripts import incident
 from scripts.output import (
