@@ -1,0 +1,167 @@
+"""Who may do what, as aggregates: a ``Policy`` per Cedar policy text and a ``Decision`` per
+authorization request that was denied, so every change of access is in the audit trail.
+
+As in the other aggregates, ``@event`` bodies are the only place state changes; a command that
+is not valid raises a typed error before any event is triggered, so nothing is written.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+from eventsourcing.utils import get_topic
+
+from domain.errors import SequentError
+
+
+class DecisionStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class InvalidPolicy(SequentError):
+    """Cedar refused the policy text (parse or schema validation); nothing was written."""
+
+    def __init__(self, why: str, errors: tuple[str, ...] = ()) -> None:
+        self.why = why
+        self.errors = errors
+        detail = "; ".join(errors)
+        super().__init__(f"invalid Cedar policy: {why}" + (f": {detail}" if detail else ""))
+
+
+class PolicyNotFound(SequentError):
+    def __init__(self, policy_id: UUID) -> None:
+        self.policy_id = policy_id
+        super().__init__(f"policy {policy_id} not found")
+
+
+class PolicyAlreadyRevoked(SequentError):
+    def __init__(self, policy_id: UUID, by: str, reason: str) -> None:
+        self.policy_id = policy_id
+        self.by = by
+        super().__init__(
+            f"policy {policy_id} was already revoked by {by!r} ({reason or 'no reason'})"
+        )
+
+
+class DecisionNotFound(SequentError):
+    def __init__(self, decision_id: UUID) -> None:
+        self.decision_id = decision_id
+        super().__init__(f"decision {decision_id} not found")
+
+
+class DecisionAlreadyDecided(SequentError):
+    """Approving or rejecting a decision that is no longer pending; nothing was written."""
+
+    def __init__(self, decision_id: UUID, status: str, by: str, attempted: str) -> None:
+        self.decision_id = decision_id
+        self.status = status
+        self.by = by
+        super().__init__(
+            f"cannot {attempted} decision {decision_id}: it was already {status} by {by!r}"
+        )
+
+
+# -- aggregates -------------------------------------------------------------------------------
+
+
+class Policy(Aggregate):
+    """One Cedar policy text, stored verbatim. Active until revoked; never edited in place."""
+
+    @event("PolicyAdded")
+    def __init__(self, text: str, reason: str = "", decision_id: UUID | None = None) -> None:
+        self.text = text
+        self.reason = reason
+        self.decision_id = decision_id  # the Decision whose approval added it, if any
+        self.revoked_by: str | None = None
+        self.revoked_reason = ""
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_by is None
+
+    def revoke(self, by: str, reason: str = "") -> None:
+        if self.revoked_by is not None:
+            raise PolicyAlreadyRevoked(self.id, self.revoked_by, self.revoked_reason)
+        self._revoked(by=by, reason=reason)
+
+    @event("PolicyRevoked")
+    def _revoked(self, by: str, reason: str) -> None:
+        self.revoked_by = by
+        self.revoked_reason = reason
+
+
+class Decision(Aggregate):
+    """One authorization request that was denied, waiting for a person to approve or reject it.
+
+    ``principal``, ``action`` and ``resource`` are Cedar entity uids exactly as the authorizer
+    asked (e.g. ``Integration::"build_session_message"``); ``context`` is the request's Cedar
+    context; ``reason`` says why it was denied.
+    """
+
+    @event("Requested")
+    def __init__(
+        self,
+        principal: str,
+        action: str,
+        resource: str,
+        job_id: str,
+        invocation_id: str,
+        module_sha256: str,
+        context: dict[str, Any],
+        reason: str = "",
+    ) -> None:
+        self.principal = principal
+        self.action = action
+        self.resource = resource
+        self.job_id = job_id
+        self.invocation_id = invocation_id
+        self.module_sha256 = module_sha256
+        self.context = context
+        self.reason = reason
+        self.status = DecisionStatus.PENDING
+        self.decided_by: str | None = None
+        self.policy_id: UUID | None = None
+        self.rejection_reason = ""
+
+    def approve(self, by: str, policy_id: UUID) -> None:
+        self.require_pending("approve")
+        self._approved(by=by, policy_id=policy_id)
+
+    def reject(self, by: str, reason: str = "") -> None:
+        self.require_pending("reject")
+        self._rejected(by=by, reason=reason)
+
+    def require_pending(self, attempted: str) -> None:
+        if self.status != DecisionStatus.PENDING:
+            raise DecisionAlreadyDecided(self.id, self.status, self.decided_by or "", attempted)
+
+    @event("Approved")
+    def _approved(self, by: str, policy_id: UUID) -> None:
+        self.status = DecisionStatus.APPROVED
+        self.decided_by = by
+        self.policy_id = policy_id
+
+    @event("Rejected")
+    def _rejected(self, by: str, reason: str) -> None:
+        self.status = DecisionStatus.REJECTED
+        self.decided_by = by
+        self.rejection_reason = reason
+
+
+# Event topics, as recorded in the notification log (the ``@event`` classes are made at class
+# creation, so they are named here by topic rather than by attribute).
+POLICY_ADDED = get_topic(Policy) + ".PolicyAdded"
+POLICY_REVOKED = get_topic(Policy) + ".PolicyRevoked"
+POLICY_TOPICS = (POLICY_ADDED, POLICY_REVOKED)
+DECISION_REQUESTED = get_topic(Decision) + ".Requested"
+DECISION_APPROVED = get_topic(Decision) + ".Approved"
+DECISION_REJECTED = get_topic(Decision) + ".Rejected"
+DECISION_TOPICS = (DECISION_REQUESTED, DECISION_APPROVED, DECISION_REJECTED)
