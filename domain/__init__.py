@@ -1,7 +1,8 @@
 """The pure core of sequent: the CurationJob and Invocation aggregates, the transition table,
 the guard, and CurationService (the command API over the ``eventsourcing`` event store).
 
-May import: the standard library, ``eventsourcing`` and the PostgreSQL driver it stores through.
+May import: the standard library, ``eventsourcing``, the PostgreSQL driver it stores through, and
+``cedarpy`` (policies are validated against the Cedar schema before they are recorded).
 Never imports ``integrations``, ``projections`` or ``scripts``.
 """
 

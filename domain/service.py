@@ -27,6 +27,7 @@ from domain.errors import (
     StoreUnavailable,
 )
 from domain.feed import PendingInvocations
+from domain.policies import PolicyBook
 from domain.guard import decide
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
@@ -80,6 +81,7 @@ class CurationService(Application[UUID]):
         super().__init__(env)
         self.url = url
         self.module_sha256 = module_sha256  # recorded on each Started; set by the composition root
+        self.policies = PolicyBook(self)  # Cedar policies and authorization decisions
 
     @classmethod
     def open(cls, url: str | None = None, *, module_sha256: str = "") -> CurationService:
