@@ -1,0 +1,472 @@
+"""The host side of guest ABI v1: the ``sequent.log`` and ``sequent.http_call`` imports and the
+helpers that move bytes in and out of guest linear memory (DESIGN.md §3).
+
+Why it is shaped this way:
+
+* A Python exception that escapes a host function becomes a wasmtime trap *and* is parked in a
+  process-global slot of wasmtime-py that the next trap in any thread may re-raise. So host
+  functions here never raise: a bad pointer, bad JSON, a refused or failing call becomes an
+  error value the guest reads; a broken ABI (the guest's ``alloc`` misbehaving) is *recorded* on
+  the invocation's :class:`HostSession` so the runtime classifies the run afterwards.
+* The functions are defined once on the process-wide ``Linker`` (store-independent), so they find
+  the invocation they serve through a thread-local binding: a wasm call runs synchronously on
+  the thread that started it, and so do the host functions it calls.
+* What an ``http_call`` actually does (Cedar, HTTP) is injected through :class:`HostCalls`; this
+  module only validates, moves bytes and JSON, enforces per-invocation caps and keeps a record.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, cast
+
+from wasmtime import (
+    Caller,
+    Func,
+    FuncType,
+    Instance,
+    Linker,
+    Memory,
+    Store,
+    Trap,
+    ValType,
+    WasmtimeError,
+)
+from wasmtime import _ffi as _raw  # wasmtime-py's own ctypes bindings: see "calling into the guest"
+
+MASK32: Final = 0xFFFF_FFFF
+MASK64: Final = 0xFFFF_FFFF_FFFF_FFFF
+LOG_LEVELS: Final = ("debug", "info", "warn", "error", "fatal")
+MAX_LOG_CHARS: Final = 4096
+REQUEST_KEYS: Final = frozenset({"method", "url", "headers", "body"})
+REFUSAL_KINDS: Final = frozenset({"denied", "http_error"})
+GUEST_ERROR_KINDS: Final = frozenset({"denied", "http_error", "bad_request"})
+
+
+class HostCalls(Protocol):
+    """What the host does for a guest. The runtime moves bytes; implementations decide and act.
+
+    ``http_call`` receives a validated request ``{"method", "url", "headers", "body"}`` and
+    answers ``{"status", "headers", "body"}`` or ``{"error": {"kind": "denied" | "http_error" |
+    "bad_request", "message", "decision_id"?}}``. It should not raise; if it does, the guest
+    sees an ``http_error``.
+    """
+
+    def http_call(self, request: dict[str, Any]) -> dict[str, Any]: ...
+
+    def log(self, level: int, message: str) -> None: ...
+
+
+class NoNetwork:
+    """A :class:`HostCalls` with no network: every call is denied, log lines are kept."""
+
+    def __init__(self) -> None:
+        self.logs: list[tuple[int, str]] = []
+        self.requests: list[dict[str, Any]] = []
+
+    def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(request)
+        return guest_error("denied", "no network in this sandbox run")
+
+    def log(self, level: int, message: str) -> None:
+        self.logs.append((level, message))
+
+
+@dataclass(frozen=True)
+class LogLine:
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class HttpCallSummary:
+    """One ``http_call`` the host handled, without bodies."""
+
+    method: str | None
+    url: str | None
+    status: int | None
+    error_kind: str | None
+    decision_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HostRefusal:
+    """The host's own record of a denied or failed call, trusted over what the guest claims."""
+
+    kind: str
+    message: str
+    decision_id: str | None
+
+
+class GuestAbiError(Exception):
+    """The guest broke the ABI while the host wrote into it; ``kind`` is how to classify it."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class HostSession:
+    """Everything the host functions learn during one invocation."""
+
+    host: HostCalls
+    max_http_calls: int
+    max_response_bytes: int
+    max_log_lines: int
+    http_calls: list[HttpCallSummary] = field(default_factory=list)
+    logs: list[LogLine] = field(default_factory=list)
+    logs_dropped: int = 0
+    http_calls_over_limit: int = 0
+    refusal: HostRefusal | None = None
+    decision_id: str | None = None
+    abi_failure: GuestAbiError | None = None
+    inner_trap: Trap | None = None
+    exports: GuestExports | None = None
+
+    def record_abi(self, failure: GuestAbiError) -> None:
+        if self.abi_failure is None:
+            self.abi_failure = failure
+
+    def record_response(self, request: dict[str, Any], response: dict[str, Any]) -> None:
+        error = response.get("error")
+        kind = error.get("kind") if isinstance(error, dict) else None
+        decision = error.get("decision_id") if isinstance(error, dict) else None
+        decision_id = decision if isinstance(decision, str) else None
+        status = response.get("status")
+        self.http_calls.append(
+            HttpCallSummary(
+                method=request.get("method"),
+                url=request.get("url"),
+                status=status if isinstance(status, int) else None,
+                error_kind=kind if isinstance(kind, str) else None,
+                decision_id=decision_id,
+            )
+        )
+        if isinstance(error, dict) and kind in REFUSAL_KINDS:
+            self.record_refusal(str(kind), str(error.get("message", "")), decision_id)
+
+    def record_refusal(self, kind: str, message: str, decision_id: str | None = None) -> None:
+        self.refusal = HostRefusal(kind, message, decision_id)
+        if kind == "denied" and decision_id is not None:
+            self.decision_id = decision_id
+
+
+_BOUND = threading.local()
+
+
+@contextmanager
+def bound(session: HostSession) -> Iterator[HostSession]:
+    """Make ``session`` the one the host functions serve on this thread for the duration."""
+    previous = getattr(_BOUND, "session", None)
+    _BOUND.session = session
+    try:
+        yield session
+    finally:
+        _BOUND.session = previous
+
+
+def current_session() -> HostSession | None:
+    session: HostSession | None = getattr(_BOUND, "session", None)
+    return session
+
+
+# --- guest memory helpers ---------------------------------------------------------------
+
+
+def pack(ptr: int, length: int) -> int:
+    """``(ptr << 32) | len`` as the signed i64 wasm sees."""
+    value = ((ptr & MASK32) << 32) | (length & MASK32)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def unpack(value: int) -> tuple[int, int]:
+    unsigned = value & MASK64
+    return unsigned >> 32, unsigned & MASK32
+
+
+def _base(memory: Memory, store: Store | Caller) -> int:
+    return ctypes.addressof(memory.data_ptr(store).contents)
+
+
+def read_guest(memory: Memory, store: Store | Caller, ptr: int, length: int) -> bytes | None:
+    """The bytes at ``[ptr, ptr + length)``, or None when that range is outside the memory."""
+    start, size = ptr & MASK32, length & MASK32
+    if start + size > memory.data_len(store):
+        return None
+    return ctypes.string_at(_base(memory, store) + start, size) if size else b""
+
+
+def write_guest(store: Store | Caller, exports: GuestExports, data: bytes) -> int:
+    """Ask the guest's ``alloc`` for a buffer, copy ``data`` into it, return its address.
+
+    Raises :class:`GuestAbiError` when alloc reports no memory (-1) or hands back a buffer
+    outside linear memory; a trap inside alloc propagates as :class:`wasmtime.Trap`.
+    """
+    result = call_guest(store, exports.alloc, (len(data),), wide=False)
+    if result == -1:
+        raise GuestAbiError("memory_limit", f"alloc({len(data)}) returned -1: guest out of memory")
+    ptr = result & MASK32
+    if ptr + len(data) > exports.memory.data_len(store):
+        raise GuestAbiError(
+            "abi_error", f"alloc({len(data)}) returned {ptr:#x}, outside linear memory"
+        )
+    if data:
+        ctypes.memmove(_base(exports.memory, store) + ptr, data, len(data))
+    return ptr
+
+
+# --- calling into the guest -------------------------------------------------------------
+#
+# The public ``Func.__call__`` re-reads the function's type and boxes every value on each call
+# (~18 us), and ``Instance.exports`` wraps every export (~40 us): together most of a run's cost.
+# ABI v1 signatures are checked once at load, so these helpers call through wasmtime-py's own
+# ctypes bindings instead (``wasmtime_func_call_unchecked``, ``wasmtime_instance_export_get``):
+# a few us each. If a wasmtime-py lacks those names, FAST_PATH is False and the public API runs.
+
+_RAW_NAMES: Final = (
+    "wasmtime_func_call_unchecked",
+    "wasmtime_val_raw_t",
+    "wasmtime_instance_export_get",
+    "wasmtime_extern_t",
+    "wasm_trap_t",
+)
+FAST_PATH: Final = all(hasattr(_raw, name) for name in _RAW_NAMES)
+_EXPORT_NAMES: Final = {name: name.encode() for name in ("memory", "alloc", "run")}
+
+
+@dataclass(frozen=True)
+class GuestExports:
+    """The three exports of ABI v1, resolved once per instance."""
+
+    memory: Memory
+    alloc: Func
+    run: Func
+
+
+def guest_exports(instance: Instance, store: Store) -> GuestExports:
+    """Resolve ``memory``, ``alloc`` and ``run``; GuestAbiError if they are not what was checked."""
+    found: dict[str, object]
+    if FAST_PATH:
+        found = {name: _export_raw(instance, store, name) for name in _EXPORT_NAMES}
+    else:
+        exports = instance.exports(store)
+        found = {name: exports.get(name) for name in _EXPORT_NAMES}
+    memory, alloc, run = found["memory"], found["alloc"], found["run"]
+    if isinstance(memory, Memory) and isinstance(alloc, Func) and isinstance(run, Func):
+        return GuestExports(memory, alloc, run)
+    raise GuestAbiError("abi_error", "exports do not match what was checked at load")
+
+
+def _export_raw(instance: Instance, store: Store, name: str) -> Memory | Func | None:
+    item = _raw.wasmtime_extern_t()
+    encoded = _EXPORT_NAMES[name]
+    context = store._context()
+    if not _raw.wasmtime_instance_export_get(
+        context, ctypes.byref(instance._instance), encoded, len(encoded), ctypes.byref(item)
+    ):
+        return None
+    kind = cast(int, item.kind)  # a c_uint8 field reads as int
+    if kind == _raw.WASMTIME_EXTERN_FUNC.value:
+        return Func._from_raw(item.of.func)
+    if kind == _raw.WASMTIME_EXTERN_MEMORY.value:
+        return Memory._from_raw(item.of.memory)
+    return None
+
+
+def call_guest(store: Store | Caller, func: Func, args: tuple[int, ...], *, wide: bool) -> int:
+    """Call a guest function of integer params and one i32 (or, ``wide``, i64) result.
+
+    Only for exports whose signature was checked at load. Traps raise :class:`wasmtime.Trap`.
+    """
+    if not FAST_PATH:
+        result = func(store, *args)
+        if not isinstance(result, int):
+            raise GuestAbiError("abi_error", f"guest returned {result!r}, not an integer")
+        return result
+    values = (_raw.wasmtime_val_raw_t * max(len(args), 1))()
+    for index, arg in enumerate(args):
+        values[index].i32 = arg
+    trap = ctypes.POINTER(_raw.wasm_trap_t)()
+    error = _raw.wasmtime_func_call_unchecked(
+        store._context(), ctypes.byref(func._func), values, len(values), ctypes.byref(trap)
+    )
+    if error:
+        raise WasmtimeError._from_ptr(error)
+    if trap:
+        raise Trap._from_ptr(trap)
+    return int(values[0].i64 if wide else values[0].i32)
+
+
+def guest_error(kind: str, message: str, decision_id: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"kind": kind, "message": message}
+    if decision_id is not None:
+        error["decision_id"] = decision_id
+    return {"error": error}
+
+
+# --- request validation -----------------------------------------------------------------
+
+
+def parse_request(raw: bytes) -> dict[str, Any] | str:
+    """A normalised ``{"method", "url", "headers", "body"}`` or the reason the bytes are not one."""
+    try:
+        request = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        return "request is not UTF-8"
+    except (ValueError, RecursionError) as exc:
+        return f"request is not JSON: {exc}"
+    if not isinstance(request, dict):
+        return "request must be a JSON object"
+    return _check_request(request)
+
+
+def _check_request(request: dict[str, Any]) -> dict[str, Any] | str:
+    unknown = set(request) - REQUEST_KEYS
+    if unknown:
+        return f"unknown request keys: {', '.join(sorted(unknown))}"
+    method, url = request.get("method"), request.get("url")
+    if not isinstance(method, str) or not method:
+        return "request.method must be a non-empty string"
+    if not isinstance(url, str) or not url:
+        return "request.url must be a non-empty string"
+    headers = request.get("headers")
+    headers = {} if headers is None else headers
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        return "request.headers must be an object of strings"
+    return {"method": method.upper(), "url": url, "headers": headers, "body": request.get("body")}
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- the host functions -----------------------------------------------------------------
+
+
+def define_host_functions(linker: Linker) -> None:
+    """Define ``sequent.log`` and ``sequent.http_call`` on a (process-wide) linker."""
+    i32, i64 = ValType.i32(), ValType.i64()
+    linker.define_func("sequent", "log", FuncType([i32, i32, i32], []), _log, access_caller=True)
+    linker.define_func(
+        "sequent", "http_call", FuncType([i32, i32], [i64]), _http_call, access_caller=True
+    )
+
+
+def _log(caller: Caller, level: int, ptr: int, length: int) -> None:
+    session = current_session()
+    if session is None:
+        return
+    try:
+        _log_line(session, caller, level, ptr, length)
+    except BaseException as exc:  # never into wasmtime
+        session.record_abi(GuestAbiError("abi_error", f"log failed in the host: {exc!r}"))
+
+
+def _log_line(session: HostSession, caller: Caller, level: int, ptr: int, length: int) -> None:
+    if len(session.logs) >= session.max_log_lines:
+        session.logs_dropped += 1
+        return
+    exports = session.exports
+    raw = read_guest(exports.memory, caller, ptr, length) if exports is not None else None
+    if raw is None:
+        text = f"[sequent: log message out of bounds (ptr={ptr & MASK32:#x}, len={length})]"
+    else:
+        text = raw.decode("utf-8", errors="replace")[:MAX_LOG_CHARS]
+    line = LogLine(min(max(level, 0), len(LOG_LEVELS) - 1), text)
+    session.logs.append(line)
+    try:
+        session.host.log(line.level, line.message)
+    except Exception:  # a failing log sink must not fail the guest
+        session.logs_dropped += 1
+
+
+def _http_call(caller: Caller, ptr: int, length: int) -> int:
+    session = current_session()
+    if session is None:
+        return 0
+    try:
+        response = _answer(session, caller, ptr, length)
+        return _deliver(session, caller, response)
+    except BaseException as exc:  # never into wasmtime
+        session.record_abi(GuestAbiError("abi_error", f"http_call failed in the host: {exc!r}"))
+        return 0
+
+
+def _answer(session: HostSession, caller: Caller, ptr: int, length: int) -> dict[str, Any]:
+    """The response the guest should read: the host's answer or an error value."""
+    exports = session.exports
+    raw = read_guest(exports.memory, caller, ptr, length) if exports is not None else None
+    if raw is None:
+        message = f"request pointer out of bounds (ptr={ptr & MASK32:#x}, len={length & MASK32})"
+        return _refuse(session, {}, "bad_request", message)
+    parsed = parse_request(raw)
+    if isinstance(parsed, str):
+        return _refuse(session, {}, "bad_request", parsed)
+    if len(session.http_calls) >= session.max_http_calls:
+        session.http_calls_over_limit += 1
+        limit = f"http_call limit of {session.max_http_calls} per invocation reached"
+        return guest_error("denied", limit)
+    return _call_host(session, parsed)
+
+
+def _refuse(
+    session: HostSession, request: dict[str, Any], kind: str, message: str
+) -> dict[str, Any]:
+    response = guest_error(kind, message)
+    session.record_response(request, response)
+    return response
+
+
+def _call_host(session: HostSession, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        response = session.host.http_call(request)
+    except Exception as exc:
+        return _refuse(session, request, "http_error", f"host http_call raised {exc!r}")
+    if not isinstance(response, dict):
+        return _refuse(session, request, "http_error", "host answered a non-object")
+    session.record_response(request, response)
+    return response
+
+
+def _deliver(session: HostSession, caller: Caller, response: dict[str, Any]) -> int:
+    """Encode ``response`` and write it into the guest; packed 0 when that is impossible."""
+    data = _encode_response(session, response)
+    if session.exports is None:  # called from a start function, before run
+        session.record_abi(GuestAbiError("abi_error", "http_call before the module was running"))
+        return 0
+    try:
+        return pack(write_guest(caller, session.exports, data), len(data))
+    except GuestAbiError as failure:
+        session.record_abi(failure)
+    except Trap as trap:
+        session.inner_trap = session.inner_trap or trap
+    except WasmtimeError as exc:
+        session.record_abi(GuestAbiError("abi_error", f"calling alloc failed: {exc}"))
+    return 0
+
+
+def _encode_response(session: HostSession, response: dict[str, Any]) -> bytes:
+    """The response as JSON bytes; one the guest cannot be given becomes an http_error."""
+    try:
+        data = _encoded(response)
+    except (TypeError, ValueError, RecursionError) as exc:
+        problem = f"host response is not JSON: {exc}"
+    else:
+        if len(data) <= session.max_response_bytes:
+            return data
+        problem = f"response of {len(data)} bytes exceeds {session.max_response_bytes}"
+    session.record_refusal("http_error", problem)
+    return _encoded(guest_error("http_error", problem))
+
+
+def _encoded(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
