@@ -31,6 +31,8 @@ from domain import (
     Verdict,
     as_uuid,
 )
+from domain.policies import DecisionView, PolicyView
+from domain.policy import DecisionStatus
 from domain.storage import DB_URL_ENV, DEFAULT_DB_URL, default_url
 from scripts import incident
 from scripts.output import (
@@ -189,6 +191,60 @@ def store_command(run: Run, render: Render) -> Handler:
     return handler
 
 
+def run_decisions(svc: CurationService, args: Args) -> list[DecisionView]:
+    return svc.policies.decisions(args.status)
+
+
+def run_approve(svc: CurationService, args: Args) -> dict[str, Any]:
+    policy_id = svc.policies.approve(args.decision, by=args.by)
+    return {"decision_id": args.decision, "status": "approved", "policy_id": policy_id}
+
+
+def run_reject(svc: CurationService, args: Args) -> dict[str, Any]:
+    svc.policies.reject(args.decision, by=args.by, reason=args.reason)
+    return {"decision_id": args.decision, "status": "rejected"}
+
+
+def run_policies(svc: CurationService, args: Args) -> list[PolicyView]:
+    return svc.policies.active_policies()
+
+
+def run_policy_add(svc: CurationService, args: Args) -> dict[str, Any]:
+    text = args.file.read() if args.file else args.text
+    return {"policy_id": svc.policies.add_policy(text, reason=args.reason)}
+
+
+def run_policy_revoke(svc: CurationService, args: Args) -> dict[str, Any]:
+    svc.policies.revoke_policy(args.policy, by=args.by, reason=args.reason)
+    return {"policy_id": args.policy, "status": "revoked"}
+
+
+def render_decisions(out: Console, decisions: list[DecisionView]) -> None:
+    table = Table(title=f"{len(decisions)} authorization decisions", title_justify="left")
+    for column in ("decision", "status", "resource", "job", "reason", "policy"):
+        table.add_column(column)
+    for d in decisions:
+        table.add_row(
+            str(d.id), str(d.status), d.resource, d.job_id[:8], Text(d.reason),
+            str(d.policy_id or ""),
+        )  # fmt: skip
+    out.print(table)
+
+
+def render_policies(out: Console, policies: list[PolicyView]) -> None:
+    table = Table(title=f"{len(policies)} active policies", title_justify="left")
+    for column in ("policy", "added", "reason"):
+        table.add_column(column)
+    table.add_column("text", overflow="fold")
+    for p in policies:
+        table.add_row(str(p.id), p.added_on.isoformat(timespec="seconds"), p.reason, Text(p.text))
+    out.print(table)
+
+
+def render_fields(out: Console, payload: Mapping[str, Any]) -> None:
+    out.print(" ".join(f"{k}={to_jsonable(v)}" for k, v in payload.items()))
+
+
 def run_demo(args: Args) -> int:
     return incident.run(args.db, as_json=args.json, out=console())
 
@@ -203,6 +259,12 @@ HANDLERS: Mapping[str, Handler] = {
     "job complete": store_command(run_complete, render_verdict),
     "job show": store_command(run_show, render_job),
     "history": store_command(run_history, render_history),
+    "decisions": store_command(run_decisions, render_decisions),
+    "decisions approve": store_command(run_approve, render_fields),
+    "decisions reject": store_command(run_reject, render_fields),
+    "policies": store_command(run_policies, render_policies),
+    "policies add": store_command(run_policy_add, render_fields),
+    "policies revoke": store_command(run_policy_revoke, render_fields),
     "demo": run_demo,
 }
 
@@ -267,6 +329,37 @@ def add_complete_arguments(complete: argparse.ArgumentParser) -> None:
     complete.add_argument("--params", type=json_value, default=None, metavar="JSON")
 
 
+def add_authorization_commands(sub: Any, common: OneLineParser) -> None:
+    decisions = sub.add_parser(
+        "decisions", parents=[common], help="list / approve / reject authorization decisions"
+    )
+    decisions.add_argument("--status", choices=[s.value for s in DecisionStatus], default=None)
+    decisions.set_defaults(command="decisions")
+    verbs = decisions.add_subparsers(dest="decision_command", metavar="VERB")
+    approve = verbs.add_parser("approve", parents=[common], help="approve: adds a scoped permit")
+    reject = verbs.add_parser("reject", parents=[common], help="reject a pending decision")
+    for verb, parser in (("approve", approve), ("reject", reject)):
+        parser.add_argument("decision", metavar="ID", help="decision id (UUID)")
+        parser.add_argument("--by", default="operator", help="who decides (for the audit)")
+        parser.set_defaults(command=f"decisions {verb}")
+    reject.add_argument("--reason", default="")
+
+    policies = sub.add_parser("policies", parents=[common], help="list / add / revoke policies")
+    policies.set_defaults(command="policies")
+    verbs = policies.add_subparsers(dest="policy_command", metavar="VERB")
+    add = verbs.add_parser("add", parents=[common], help="add a Cedar policy (schema-checked)")
+    source = add.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="the policy text")
+    source.add_argument("--file", type=argparse.FileType("r"), help="a file with the policy")
+    add.add_argument("--reason", default="")
+    add.set_defaults(command="policies add")
+    revoke = verbs.add_parser("revoke", parents=[common], help="revoke an active policy")
+    revoke.add_argument("policy", metavar="ID", help="policy id (UUID)")
+    revoke.add_argument("--by", default="operator")
+    revoke.add_argument("--reason", default="")
+    revoke.set_defaults(command="policies revoke")
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="sequent",
@@ -288,6 +381,7 @@ def build_parser() -> OneLineParser:
         help="only the job's own events, not those of its invocations",
     )
     history.set_defaults(command="history")
+    add_authorization_commands(sub, common)
     demo = sub.add_parser(
         "demo",
         parents=[common],
