@@ -1,0 +1,665 @@
+"""The session service on loopback and its HTTP client (DESIGN.md §3, "Session service").
+
+``SessionService`` is a real HTTP/1.1 server (``http.server.ThreadingHTTPServer`` on 127.0.0.1, an
+ephemeral port by default) running in a daemon thread:
+
+* ``POST /sessions`` — body: the session message (a JSON object) → 201
+  ``{"session_id": "s-…", "created": <unix seconds>}``; a body that is not a JSON object → 400.
+* ``DELETE /sessions/{id}`` → 204, or 404 if no such live session.
+* ``GET /sessions`` → 200 ``[{"session_id", "message", "created"}, …]`` (live sessions, oldest
+  first); ``GET /sessions/{id}`` → 200 one session, or 404.
+* Every error has a JSON body ``{"error": "<text>"}``; unknown paths are 404, other methods 405.
+
+Fault injection is seeded and decided per request *index* (0, 1, 2, … in arrival order), never by
+a shared random stream, so the same seed marks the same indexes slow or failing however the
+requests interleave. :meth:`SessionService.plan` returns the decision for an index without sending
+anything. For each request whose method is in ``inject`` (default: all):
+
+* ``latency`` — base delay in seconds before the request is handled: a constant, a ``(min, max)``
+  range drawn uniformly from the seeded generator, or a function of the request index;
+* ``slow_fraction`` / ``slow_every`` — a seeded fraction of requests, and/or every Nth request
+  (indexes N-1, 2N-1, …), is delayed by ``slow_latency`` on top: these are the late completions of
+  the race;
+* ``failure_rate`` — a seeded fraction of requests is answered 500 without doing anything.
+
+The delay happens *before* the request is acted upon, so a session is created when its slow
+response is about to be sent. Stopping the service interrupts pending delays.
+
+Two ways to be unavailable: :meth:`SessionService.down` closes the listening socket and every open
+connection, so clients get "connection refused" (the port is kept; :meth:`up` listens on it
+again); ``down(mode="503")`` keeps listening and answers every request 503.
+
+``SessionClient`` wraps one ``httpx.Client`` (pooled keep-alive connections, configurable
+timeouts, safe to share between threads). Transport failures (refused, reset, timeout) and
+unexpected answers raise :class:`SessionServiceError` with a ``kind``; :meth:`SessionClient.request`
+is the generic call the wasm host function ``http_call`` makes after Cedar allowed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+__all__ = [
+    "Fault",
+    "RequestRecord",
+    "Session",
+    "SessionClient",
+    "SessionService",
+    "SessionServiceError",
+]
+
+Latency = float | tuple[float, float] | Callable[[int], float]
+DownMode = Literal["refuse", "503"]
+
+MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
+
+
+# ----------------------------------------------------------------------------------------------
+# service
+
+
+@dataclass(frozen=True)
+class Session:
+    """A live session held by the service."""
+
+    session_id: str
+    message: dict[str, Any]
+    created: float  # unix seconds
+
+    def as_json(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "message": self.message, "created": self.created}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the service does to request ``index``: wait ``delay`` seconds, then maybe fail."""
+
+    index: int
+    delay: float
+    slow: bool
+    fail: bool
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request the service answered (or dropped: status 0)."""
+
+    index: int
+    method: str
+    path: str
+    status: int
+    delay: float
+    slow: bool
+    connection: int  # 1-based number of the TCP connection it arrived on
+    at: float  # unix seconds when the answer was sent
+
+
+@dataclass
+class _State:
+    """Everything the handler threads share, guarded by ``lock``."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    sessions: dict[str, Session] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    requests: list[RequestRecord] = field(default_factory=list)
+    next_index: int = 0
+    connections: int = 0
+    open_sockets: set[socket.socket] = field(default_factory=set)
+    down_mode: DownMode | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 1024  # listen backlog (capped by somaxconn); the default 5 resets bursts
+
+    def __init__(self, address: tuple[str, int], service: SessionService) -> None:
+        self.service = service
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        state = self.service._state
+        with state.lock:
+            state.connections += 1
+            state.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.service._state.lock:
+            self.service._state.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: one TCP connection serves many requests
+    server_version = "sequent-sessions/1"
+    timeout = 60.0  # idle keep-alive connections are closed after this
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stalls
+    server: _Server
+
+    connection_number = 0
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.service._state.lock:
+            self.connection_number = self.server.service._state.connections
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet: requests are recorded in SessionService.requests
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        service = self.server.service
+        state = service._state
+        with state.lock:
+            index = state.next_index
+            state.next_index += 1
+        path = urlsplit(self.path).path
+        body = self._read_body()
+        fault = service.plan(index) if self.command in service.inject else None
+        delay = fault.delay if fault is not None else 0.0
+        slow = fault.slow if fault is not None else False
+        if delay > 0 and state.stopping.wait(delay):
+            self._drop(index, path, delay, slow)  # stopped while waiting: no answer
+            return
+        if state.down_mode == "refuse":
+            self._drop(index, path, delay, slow)
+            return
+        if state.down_mode == "503":
+            status, payload = 503, {"error": "session service unavailable"}
+        elif fault is not None and fault.fail:
+            status, payload = 500, {"error": f"injected failure (request {index})"}
+        elif body is None:
+            status, payload = 413, {"error": f"request body exceeds {MAX_BODY_BYTES} bytes"}
+        else:
+            status, payload = service._handle(self.command, path, body)
+        self._respond(status, payload)
+        with state.lock:
+            state.requests.append(
+                RequestRecord(
+                    index,
+                    self.command,
+                    path,
+                    status,
+                    delay,
+                    slow,
+                    self.connection_number,
+                    time.time(),
+                )
+            )
+
+    def _read_body(self) -> bytes | None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True  # unread body: the connection cannot be reused
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _respond(self, status: int, payload: Any) -> None:
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        if payload is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if data:
+            self.wfile.write(data)
+
+    def _drop(self, index: int, path: str, delay: float, slow: bool) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        state = self.server.service._state
+        with state.lock:
+            state.requests.append(
+                RequestRecord(
+                    index, self.command, path, 0, delay, slow, self.connection_number, time.time()
+                )
+            )
+
+
+class SessionService:
+    """A real loopback HTTP session service with seeded latency and failure injection.
+
+    Use as a context manager (``with SessionService(seed=7) as svc: svc.url``) or call
+    :meth:`start` / :meth:`stop`. See the module docstring for endpoints and fault semantics.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: Latency = 0.0,
+        slow_fraction: float = 0.0,
+        slow_every: int | None = None,
+        slow_latency: float = 1.0,
+        failure_rate: float = 0.0,
+        seed: int = 0,
+        inject: Collection[str] = ("GET", "POST", "DELETE", "PUT", "PATCH"),
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        if isinstance(latency, tuple) and not 0 <= latency[0] <= latency[1]:
+            raise ValueError(f"latency range must be 0 <= min <= max, got {latency}")
+        if isinstance(latency, int | float) and latency < 0:
+            raise ValueError(f"latency must be >= 0, got {latency}")
+        for name, rate in (("slow_fraction", slow_fraction), ("failure_rate", failure_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {rate}")
+        if slow_every is not None and slow_every < 1:
+            raise ValueError(f"slow_every must be >= 1, got {slow_every}")
+        self.latency = latency
+        self.slow_fraction = slow_fraction
+        self.slow_every = slow_every
+        self.slow_latency = slow_latency
+        self.failure_rate = failure_rate
+        self.seed = seed
+        self.inject = frozenset(m.upper() for m in inject)
+        self._host = host
+        self._port = port
+        self._state = _State()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+        self._started = False
+
+    # -- fault plan ----------------------------------------------------------------------------
+
+    def plan(self, index: int) -> Fault:
+        """The seeded fault decision for request ``index`` (pure: same seed, same answer)."""
+        rng = random.Random(f"sequent-sessions/{self.seed}/{index}")
+        # Always three draws in the same order, so one knob never shifts another's choices.
+        u_latency, u_slow, u_fail = rng.random(), rng.random(), rng.random()
+        if callable(self.latency):
+            base = float(self.latency(index))
+        elif isinstance(self.latency, tuple):
+            low, high = self.latency
+            base = low + (high - low) * u_latency
+        else:
+            base = float(self.latency)
+        slow = u_slow < self.slow_fraction or (
+            self.slow_every is not None and (index + 1) % self.slow_every == 0
+        )
+        fail = u_fail < self.failure_rate
+        return Fault(index, base + (self.slow_latency if slow else 0.0), slow, fail)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        with self._lifecycle:
+            if self._started:
+                raise RuntimeError("SessionService already started")
+            self._started = True
+            self._listen()
+        return self
+
+    def _listen(self) -> None:
+        server = _Server((self._host, self._port), self)
+        self._port = server.server_address[1]  # keep the port across down()/up()
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"session-service:{self._port}",
+            daemon=True,
+        )
+        self._server, self._thread = server, thread
+        thread.start()
+
+    def _close_listener(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        with self._state.lock:
+            sockets = list(self._state.open_sockets)
+        for sock in sockets:  # handler threads blocked on keep-alive reads wake up and exit
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        """Stop serving: pending delays are cut short, open connections closed. Idempotent."""
+        with self._lifecycle:
+            self._state.stopping.set()
+            self._close_listener()
+
+    def down(self, *, mode: DownMode = "refuse") -> None:
+        """Make the service unavailable.
+
+        ``"refuse"``: close the listening socket and every open connection (clients see
+        connection refused or reset). ``"503"``: keep listening, answer every request 503.
+        """
+        with self._lifecycle:
+            self._require_started()
+            self._state.down_mode = mode
+            if mode == "refuse":
+                self._close_listener()
+
+    def up(self) -> None:
+        """Serve again on the same port after :meth:`down`."""
+        with self._lifecycle:
+            self._require_started()
+            if self._state.stopping.is_set():
+                raise RuntimeError("SessionService was stopped; start a new one")
+            if self._server is None:
+                self._listen()
+            self._state.down_mode = None
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise RuntimeError("SessionService is not started")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- observation ---------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        self._require_started()
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:41234`` (stable across down()/up())."""
+        return f"http://{self._host}:{self.port}"
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """Snapshot of the live sessions by id (insertion = creation order)."""
+        with self._state.lock:
+            return dict(self._state.sessions)
+
+    @property
+    def deleted(self) -> list[str]:
+        """Ids of sessions deleted so far, in order."""
+        with self._state.lock:
+            return list(self._state.deleted)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Every answered (or dropped, status 0) request, in the order the answers were sent."""
+        with self._state.lock:
+            return list(self._state.requests)
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far."""
+        with self._state.lock:
+            return self._state.connections
+
+    def stats(self) -> dict[str, Any]:
+        with self._state.lock:
+            by_status = Counter(r.status for r in self._state.requests)
+            return {
+                "requests": len(self._state.requests),
+                "connections": self._state.connections,
+                "by_status": dict(sorted(by_status.items())),
+                "slow": sum(1 for r in self._state.requests if r.slow),
+                "live_sessions": len(self._state.sessions),
+                "deleted_sessions": len(self._state.deleted),
+            }
+
+    # -- request handling (called from handler threads) ----------------------------------------
+
+    def _handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        parts = [unquote(p) for p in path.split("/") if p]
+        if not parts or parts[0] != "sessions" or len(parts) > 2:
+            return 404, {"error": f"no such resource: {path}"}
+        if len(parts) == 1:
+            return self._collection(method, body)
+        return self._item(method, parts[1])
+
+    def _collection(self, method: str, body: bytes) -> tuple[int, Any]:
+        if method == "POST":
+            return self._create(body)
+        if method == "GET":
+            with self._state.lock:
+                return 200, [s.as_json() for s in self._state.sessions.values()]
+        return 405, {"error": f"{method} not allowed on /sessions"}
+
+    def _item(self, method: str, session_id: str) -> tuple[int, Any]:
+        if method == "DELETE":
+            with self._state.lock:
+                if self._state.sessions.pop(session_id, None) is None:
+                    return 404, {"error": f"no such session: {session_id}"}
+                self._state.deleted.append(session_id)
+            return 204, None
+        if method == "GET":
+            with self._state.lock:
+                session = self._state.sessions.get(session_id)
+            if session is None:
+                return 404, {"error": f"no such session: {session_id}"}
+            return 200, session.as_json()
+        return 405, {"error": f"{method} not allowed on /sessions/{{id}}"}
+
+    def _create(self, body: bytes) -> tuple[int, Any]:
+        try:
+            message = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return 400, {"error": f"body is not valid JSON: {exc}"}
+        if not isinstance(message, dict):
+            return 400, {"error": "session message must be a JSON object"}
+        session = Session(f"s-{uuid.uuid4().hex[:16]}", message, time.time())
+        with self._state.lock:
+            self._state.sessions[session.session_id] = session
+        return 201, {"session_id": session.session_id, "created": session.created}
+
+
+# ----------------------------------------------------------------------------------------------
+# client
+
+ErrorKind = Literal["http_error", "bad_request"]
+
+
+class SessionServiceError(Exception):
+    """A session-service call that did not get a usable answer.
+
+    ``kind`` is ``"http_error"`` (refused, reset, timeout, unexpected status or body) or
+    ``"bad_request"`` (the request itself is malformed: bad URL, scheme, method or header).
+    ``status`` is the HTTP status when there was one.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+
+    def as_json(self) -> dict[str, Any]:
+        return {"error": {"kind": self.kind, "message": self.message}}
+
+
+class SessionClient:
+    """HTTP client for the session service over one pooled ``httpx.Client`` (thread-safe).
+
+    ``base_url`` is the service root (``SessionService.url``); :meth:`request` also takes
+    absolute URLs. ``timeout`` bounds each read/write/pool wait, ``connect_timeout`` the connect.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "",
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,  # loopback: never route through a proxy from the environment
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: str | bytes | None = None,
+    ) -> dict[str, Any]:
+        """Send one request; return ``{"status": int, "headers": {lower-case: str}, "body": str}``.
+
+        Any HTTP status is a return value; only a missing answer raises
+        :class:`SessionServiceError` (``http_error``: refused, reset, timeout, response over
+        ``max_response_bytes``; ``bad_request``: malformed method, URL or headers). The body is
+        decoded as UTF-8 (invalid bytes replaced).
+        """
+        if not method or not method.isascii() or not method.isalpha():
+            raise SessionServiceError("bad_request", f"invalid HTTP method {method!r}")
+        content = body.encode("utf-8") if isinstance(body, str) else body
+        try:
+            with self._client.stream(
+                method.upper(), url, headers=dict(headers or {}), content=content
+            ) as response:
+                data = self._read_limited(response, method, url)
+                return {
+                    "status": response.status_code,
+                    "headers": {k.lower(): v for k, v in response.headers.items()},
+                    "body": data.decode("utf-8", errors="replace"),
+                }
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
+            raise SessionServiceError(
+                "bad_request", f"{method} {url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except (UnicodeError, ValueError, TypeError) as exc:  # e.g. non-ASCII header values
+            raise SessionServiceError("bad_request", f"{method} {url}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise SessionServiceError(
+                "http_error", f"{method} {url}: timed out ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise SessionServiceError(
+                "http_error", f"{method} {url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _read_limited(self, response: httpx.Response, method: str, url: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise SessionServiceError(
+                    "http_error",
+                    f"{method} {url}: response exceeds {self.max_response_bytes} bytes",
+                    status=response.status_code,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- the session API -----------------------------------------------------------------------
+
+    def create(self, message: Mapping[str, Any]) -> str:
+        """POST the session message; return the new session id."""
+        answer = self.request(
+            "POST",
+            "/sessions",
+            {"content-type": "application/json"},
+            json.dumps(dict(message), separators=(",", ":")),
+        )
+        body = self._expect(answer, "POST /sessions", 201, 200)
+        session_id = body.get("session_id") if isinstance(body, dict) else None
+        if not isinstance(session_id, str):
+            raise SessionServiceError(
+                "http_error", "POST /sessions: answer has no session_id", status=answer["status"]
+            )
+        return session_id
+
+    def delete(self, session_id: str) -> bool:
+        """DELETE the session: True if it was deleted, False if the service did not know it."""
+        answer = self.request("DELETE", f"/sessions/{session_id}")
+        if answer["status"] == 404:
+            return False
+        self._expect(answer, f"DELETE /sessions/{session_id}", 204, 200)
+        return True
+
+    def list(self) -> list[dict[str, Any]]:
+        """The live sessions: ``[{"session_id", "message", "created"}, …]``."""
+        body = self._expect(self.request("GET", "/sessions"), "GET /sessions", 200)
+        if not isinstance(body, list):
+            raise SessionServiceError("http_error", "GET /sessions: answer is not a list")
+        return body
+
+    @staticmethod
+    def _expect(answer: dict[str, Any], what: str, *ok: int) -> Any:
+        status: int = answer["status"]
+        text: str = answer["body"]
+        if status not in ok:
+            raise SessionServiceError(
+                "http_error", f"{what}: status {status}: {text[:200]}", status=status
+            )
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SessionServiceError(
+                "http_error", f"{what}: answer is not JSON: {exc}", status=status
+            ) from exc
