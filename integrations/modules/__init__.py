@@ -1,0 +1,1 @@
+"""Guest modules: their sources and the reproducible build that turns them into ``.wasm``."""
