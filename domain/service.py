@@ -27,11 +27,11 @@ from domain.errors import (
     StoreUnavailable,
 )
 from domain.feed import PendingInvocations
-from domain.policies import PolicyBook
 from domain.guard import decide
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
+from domain.policies import PolicyBook
 from domain.storage import StoreConfig, default_url, first_line, parse_store_url
 from domain.transitions import (
     COMPLETION_ACTIONS,

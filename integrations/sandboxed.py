@@ -1,0 +1,127 @@
+"""The real host behind a guest: Cedar-checked ``http_call`` over the session client, and the
+runner that turns one sandbox run into the outcome the dispatcher completes with.
+
+Everything a guest asks for goes through ``AuthorizedHost.http_call``: authorized first (a
+denial records a pending Decision and the guest sees ``denied`` with its id), sent only then.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from domain import Dispatch
+from integrations.authorizer import CedarAuthorizer
+from integrations.dispatcher import RunOutcome
+from integrations.host import guest_error
+from integrations.runtime import LoadedModule, RunResult, Runtime, SandboxLimits
+from integrations.sessions import SessionClient, SessionServiceError
+
+log = logging.getLogger(__name__)
+
+# Guest log levels 0..4 (ABI v1) as Python logging levels.
+LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+
+
+class AuthorizedHost:
+    """The host functions for one invocation: it knows the job and the module, so Cedar can
+    be asked about exactly this run and a denial can name them."""
+
+    def __init__(
+        self,
+        authorizer: CedarAuthorizer,
+        client: SessionClient,
+        *,
+        integration: str,
+        module_sha256: str,
+        job_id: str,
+        invocation_id: str,
+    ) -> None:
+        self.authorizer = authorizer
+        self.client = client
+        self.integration = integration
+        self.module_sha256 = module_sha256
+        self.job_id = job_id
+        self.invocation_id = invocation_id
+
+    def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        method, url = str(request.get("method", "")), str(request.get("url", ""))
+        decision = self.authorizer.check(
+            self.integration, self.module_sha256, method, url, self.job_id, self.invocation_id
+        )
+        if not decision.allowed:
+            return guest_error("denied", decision.reason, decision.decision_id)
+        headers = request.get("headers") or {}
+        try:
+            return self.client.request(method, url, headers, request.get("body"))
+        except SessionServiceError as exc:
+            return exc.as_json()
+
+    def log(self, level: int, message: str) -> None:
+        python_level = LOG_LEVELS[min(max(level, 0), len(LOG_LEVELS) - 1)]
+        log.log(python_level, "%s[%s]: %s", self.integration, self.invocation_id[:8], message)
+
+
+def outcome_of(result: RunResult) -> RunOutcome:
+    """A sandbox result in the declaration's terms. The host's own record of a denial or an
+    HTTP failure wins over whatever kind the guest claims."""
+    if result.outcome == "ok":
+        return RunOutcome(ok=result.output)
+    guest_kind = (result.output or {}).get("kind") if result.outcome == "error" else None
+    return RunOutcome(
+        error_kind=result.error_kind or (guest_kind if isinstance(guest_kind, str) else None),
+        message=result.message or str((result.output or {}).get("message", "")),
+        decision_id=result.decision_id,
+    )
+
+
+class SandboxRunner:
+    """The dispatcher's Runner: one fresh sandbox per dispatch, real host functions."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        module: LoadedModule,
+        authorizer: CedarAuthorizer,
+        client: SessionClient,
+        *,
+        integration: str = "build_session_message",
+        limits: SandboxLimits | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.module = module
+        self.authorizer = authorizer
+        self.client = client
+        self.integration = integration
+        self.limits = limits
+
+    def host_for(self, job_id: str, invocation_id: str) -> AuthorizedHost:
+        return AuthorizedHost(
+            self.authorizer,
+            self.client,
+            integration=self.integration,
+            module_sha256=self.module.sha256,
+            job_id=job_id,
+            invocation_id=invocation_id,
+        )
+
+    def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
+        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id))
+        return outcome_of(self.runtime.run(self.module, job_input, host, self.limits))
+
+
+class SessionStopper:
+    """Stops a session at the service its job named: the compensating DELETE."""
+
+    def __init__(self, client: SessionClient) -> None:
+        self.client = client
+
+    def stop(self, service_url: str, session_id: str) -> bool:
+        try:
+            answer = self.client.request(
+                "DELETE", f"{service_url.rstrip('/')}/sessions/{session_id}"
+            )
+        except SessionServiceError:
+            log.warning("could not stop session %s at %s", session_id, service_url)
+            return False
+        return int(answer["status"]) in (200, 204)
