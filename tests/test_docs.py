@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from domain import TRANSITIONS
+from integrations.host import NoNetwork
+from integrations.runtime import Runtime
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -33,3 +35,16 @@ def test_readme_state_table_matches_the_code() -> None:
         assert names(params) == {p.name for p in row.params}, action
         assert names(sources) == {str(s) for s in row.sources}, action
         assert (target, event) == (str(row.target), row.event), action
+
+
+def readme_wat() -> str:
+    text = README.read_text()
+    start = text.index("```wat\n") + len("```wat\n")
+    return text[start : text.index("```", start)]
+
+
+def test_readme_wat_example_is_the_shipped_one_and_runs() -> None:
+    shipped = Path(__file__).resolve().parent.parent / "integrations/modules/examples/minimal.wat"
+    assert readme_wat() == shipped.read_text()
+    result = Runtime().run(readme_wat(), {"invocation_id": "i", "job": {"id": "j"}}, NoNetwork())
+    assert (result.outcome, result.output) == ("ok", {"session_id": "s-1"})
