@@ -107,7 +107,7 @@ class RequestRecord:
     delay: float
     slow: bool
     connection: int  # 1-based number of the TCP connection it arrived on
-    at: float  # unix seconds when the answer was sent
+    at: float  # unix seconds when the answer was decided (just before it is sent)
 
 
 @dataclass
@@ -205,7 +205,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = 413, {"error": f"request body exceeds {MAX_BODY_BYTES} bytes"}
         else:
             status, payload = service._handle(self.command, path, body)
-        self._respond(status, payload)
+        # recorded before answering, so a client that has its answer also sees the record
         with state.lock:
             state.requests.append(
                 RequestRecord(
@@ -219,6 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
                     time.time(),
                 )
             )
+        self._respond(status, payload)
 
     def _read_body(self) -> bytes | None:
         try:
@@ -241,9 +242,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _drop(self, index: int, path: str, delay: float, slow: bool) -> None:
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
         state = self.server.service._state
         with state.lock:
             state.requests.append(
@@ -251,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
                     index, self.command, path, 0, delay, slow, self.connection_number, time.time()
                 )
             )
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
 
 class SessionService:
@@ -422,7 +423,10 @@ class SessionService:
 
     @property
     def requests(self) -> list[RequestRecord]:
-        """Every answered (or dropped, status 0) request, in the order the answers were sent."""
+        """Every answered (or dropped, status 0) request, in the order the answers were decided.
+
+        A request's record exists before its answer is sent, so a caller that got its answer
+        always finds the record here."""
         with self._state.lock:
             return list(self._state.requests)
 
