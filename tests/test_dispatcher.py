@@ -179,19 +179,41 @@ def test_session_service_failures_fail_the_job_cleanly(
     assert job.failure["reason"] == reason
 
 
-@pytest.mark.parametrize(
-    ("module", "kind"),
-    [
-        ("loop_forever.wat", "fuel_exhausted"),
-        ("non_json_output.wat", "bad_output"),
-        ("unreachable.wat", "trap"),
-        ("no_run_export.wat", "link_error"),
-    ],
-)
+# Every misbehaving fixture, and what the job's failure message starts with.
+BAD_MODULES = {
+    "alloc_fails.wat": "memory_limit",
+    "alloc_out_of_bounds.wat": "abi_error",
+    "big_initial_memory.wat": "memory_limit",
+    "divide_by_zero.wat": "trap",
+    "grow_memory.wat": "memory_limit",
+    "http_bad_pointer.wat": "bad_output",  # said ok, with params SessionSpawned does not take
+    "http_loop.wat": "bad_output",
+    "http_malformed_request.wat": "bad_output",
+    "http_then_error.wat": "denied",  # the host's record of the denial wins over the guest's
+    "loop_forever.wat": "fuel_exhausted",
+    "neither_ok_nor_error.wat": "bad_output",
+    "no_alloc_export.wat": "link_error",
+    "no_run_export.wat": "link_error",
+    "non_json_output.wat": "bad_output",
+    "non_utf8_output.wat": "bad_output",
+    "out_of_bounds_output.wat": "bad_output",
+    "oversized_output.wat": "bad_output",
+    "run_wrong_signature.wat": "link_error",
+    "unknown_import.wat": "link_error",
+    "unreachable.wat": "trap",
+}
+
+
+def test_every_bad_fixture_is_listed() -> None:
+    assert set(BAD_MODULES) == {p.name for p in MODULES.glob("*.wat")} - {"echo.wat"}
+
+
+@pytest.mark.parametrize(("module", "kind"), sorted(BAD_MODULES.items()))
 def test_misbehaving_modules_fail_the_job_and_the_worker_stays_up(
     store_url: str, sessions: SessionService, module: str, kind: str
 ) -> None:
-    system = compose.build(store_url, module=MODULES / module, limits=SandboxLimits(fuel=10**7))
+    limits = SandboxLimits(fuel=10**7, wall_clock_seconds=5)
+    system = compose.build(store_url, module=MODULES / module, limits=limits)
     try:
         permit(system, sessions)
         dispatch = submit(system.service, sessions)
@@ -200,7 +222,8 @@ def test_misbehaving_modules_fail_the_job_and_the_worker_stays_up(
         job = system.service.get(dispatch.job_id)
         assert job.state == JobState.FAILED
         assert job.failure is not None
-        assert job.failure["reason"] == "module_error"
+        expected = "authorization_denied" if kind == "denied" else "module_error"
+        assert job.failure["reason"] == expected
         assert job.failure["message"].startswith(kind)
         assert dispatcher.stats.errors == 0
         # The same dispatcher carries on with the next job.
