@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cache
@@ -38,12 +38,10 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import cedarpy
-import psycopg
-import psycopg_pool
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, Notification, PersistenceError
+from eventsourcing.persistence import Notification
 
-from domain.errors import ConcurrencyError, InvalidParams, MalformedId, StoreUnavailable
+from domain.errors import InvalidParams, MalformedId
 from domain.policy import (
     DECISION_APPROVED,
     DECISION_REJECTED,
@@ -59,7 +57,7 @@ from domain.policy import (
     Policy,
     PolicyNotFound,
 )
-from domain.storage import first_line
+from domain.store_calls import retrying, store_call
 from domain.views import HistoryEntry
 
 T = TypeVar("T")
@@ -83,17 +81,7 @@ HTTP_CALL = "http_call"
 
 MAX_POLICY_CHARS = 64 * 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-MAX_CONFLICT_RETRIES = 8
 NOTIFICATION_BATCH = 1000
-
-# What the store drivers raise when the database cannot be reached or dies mid-call (as in
-# domain/service.py; not imported from there, because the service will import this module).
-STORE_ERRORS: tuple[type[Exception], ...] = (
-    PersistenceError,
-    psycopg.Error,
-    psycopg_pool.PoolTimeout,
-    OSError,
-)
 
 
 # -- Cedar text, typed ------------------------------------------------------------------------
@@ -516,23 +504,14 @@ class PolicyBook:
         return aggregate
 
     def _retrying(self, what: str, once: Callable[[], T]) -> T:
-        for _ in range(MAX_CONFLICT_RETRIES):
-            try:
-                with self._store_call():
-                    return once()
-            except IntegrityError:
-                continue  # someone else wrote first: reload and decide again
-        raise ConcurrencyError(what, MAX_CONFLICT_RETRIES)
+        return retrying(self._url, what, once)
 
-    @contextmanager
-    def _store_call(self) -> Iterator[None]:
-        try:
-            yield
-        except IntegrityError:
-            raise
-        except STORE_ERRORS as exc:
-            url = str(getattr(self._app, "url", type(self._app).__name__))
-            raise StoreUnavailable(url, first_line(exc)) from None
+    def _store_call(self) -> AbstractContextManager[None]:
+        return store_call(self._url)
+
+    @property
+    def _url(self) -> str:
+        return str(getattr(self._app, "url", type(self._app).__name__))
 
 
 def _fold_decision(views: dict[UUID, DecisionView], n: Notification, event: Any) -> None:

@@ -6,25 +6,20 @@ and decides again, a bounded number of times. A conflict is never turned into a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-import psycopg
-import psycopg_pool
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from domain.errors import (
     ActionNotAllowedHere,
-    ConcurrencyError,
     InvalidDispatch,
     InvocationNotFound,
     JobNotFound,
     MalformedId,
-    StoreUnavailable,
 )
 from domain.feed import PendingInvocations
 from domain.guard import decide
@@ -32,7 +27,8 @@ from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policies import PolicyBook
-from domain.storage import StoreConfig, default_url, first_line, parse_store_url
+from domain.storage import StoreConfig, default_url, parse_store_url
+from domain.store_calls import MAX_CONFLICT_RETRIES, retrying, store_call
 from domain.transitions import (
     COMPLETION_ACTIONS,
     STATE_TIMEOUTS,
@@ -46,15 +42,6 @@ from domain.views import HistoryEntry, InvocationView, JobView
 T = TypeVar("T")
 
 SNAPSHOT_INTERVAL = 100
-MAX_CONFLICT_RETRIES = 8
-
-# What the store drivers raise when the database cannot be reached or dies mid-call.
-STORE_ERRORS: tuple[type[Exception], ...] = (
-    PersistenceError,
-    psycopg.Error,
-    psycopg_pool.PoolTimeout,
-    OSError,
-)
 
 
 def as_uuid(value: object, kind: str = "job") -> UUID:
@@ -89,10 +76,8 @@ class CurationService(Application[UUID]):
         ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable."""
         config: StoreConfig = parse_store_url(url or default_url())
         config.prepare()
-        try:
+        with store_call(config.url):
             return cls(config.env, url=config.url, module_sha256=module_sha256)
-        except STORE_ERRORS as exc:
-            raise StoreUnavailable(config.url, first_line(exc)) from None
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -295,24 +280,10 @@ class CurationService(Application[UUID]):
         )
 
     def _retrying(self, what: str, once: Callable[[], T]) -> T:
-        for _ in range(self.max_conflict_retries):
-            try:
-                with self._store_call():
-                    return once()
-            except IntegrityError:
-                continue  # someone else wrote first: reload and decide again
-        raise ConcurrencyError(what, self.max_conflict_retries)
+        return retrying(self.url, what, once, self.max_conflict_retries)
 
-    @contextmanager
-    def _store_call(self) -> Iterator[None]:
-        """Turns a lost or refused database connection into StoreUnavailable; a version
-        conflict passes through for the caller to retry."""
-        try:
-            yield
-        except IntegrityError:
-            raise
-        except STORE_ERRORS as exc:
-            raise StoreUnavailable(self.url, first_line(exc)) from None
+    def _store_call(self) -> AbstractContextManager[None]:
+        return store_call(self.url)
 
     def _job(self, job_id: UUID) -> CurationJob:
         try:
