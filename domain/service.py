@@ -6,7 +6,7 @@ and decides again, a bounded number of times. A conflict is never turned into a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -42,6 +42,16 @@ from domain.views import HistoryEntry, InvocationView, JobView
 T = TypeVar("T")
 
 SNAPSHOT_INTERVAL = 100
+
+
+def completion_values(action: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The checked params of a completion; refuses actions an integration cannot map to."""
+    if action not in COMPLETION_ACTIONS:
+        transition(action)  # an unknown name gets UnknownAction rather than the line below
+        raise ActionNotAllowedHere(
+            action, f"is not a completion action (one of {', '.join(sorted(COMPLETION_ACTIONS))})"
+        )
+    return transition(action).validate(params)
 
 
 def as_uuid(value: object, kind: str = "job") -> UUID:
@@ -140,38 +150,58 @@ class CurationService(Application[UUID]):
     ) -> Verdict:
         """The guarded completion: records the completion on its invocation exactly once, as
         Applied (the job moved) or Discarded with a reason (the job is untouched)."""
-        if action not in COMPLETION_ACTIONS:
-            transition(action)  # an unknown name gets UnknownAction rather than the line below
-            raise ActionNotAllowedHere(
-                action,
-                f"is not a completion action (one of {', '.join(sorted(COMPLETION_ACTIONS))})",
-            )
-        values = transition(action).validate(params)
+        return self.complete_batch([(dispatch, action, params)])[0]
+
+    def complete_batch(
+        self, completions: Sequence[tuple[Dispatch, str, Mapping[str, Any] | None]]
+    ) -> list[Verdict]:
+        """Several completions decided in order and saved in one transaction (group commit):
+        each is decided on the state the ones before it left, exactly as if they had come one
+        by one. Bad input anywhere refuses the whole batch before anything is decided; a
+        version conflict re-decides the whole batch on fresh state."""
+        checked = [(d, a, completion_values(a, p)) for d, a, p in completions]
+
+        def once() -> list[Verdict]:
+            loaded: dict[UUID, CurationJob | Invocation] = {}
+            verdicts = [self._decide(loaded, d, a, values) for d, a, values in checked]
+            # Saved together: each job moved only if its invocation says so, or neither.
+            self.save(*loaded.values())
+            return verdicts
+
+        what = f"completion of {len(checked)} invocation(s)"
+        if len(checked) == 1:
+            what = f"completion of invocation {checked[0][0].invocation_id}"
+        return self._retrying(what, once)
+
+    def _decide(
+        self,
+        loaded: dict[UUID, CurationJob | Invocation],
+        dispatch: Dispatch,
+        action: str,
+        values: dict[str, Any],
+    ) -> Verdict:
+        """Loads (or reuses from ``loaded``) the job and invocation, asks the guard, and
+        applies its verdict to both aggregates in memory."""
         job_id = as_uuid(dispatch.job_id)
-
-        def once() -> Verdict:
-            job = self._job(job_id)
+        job = loaded.get(job_id)
+        if not isinstance(job, CurationJob):
+            job = loaded[job_id] = self._job(job_id)
+        invocation = loaded.get(dispatch.invocation_id)
+        if not isinstance(invocation, Invocation):
             invocation = self._invocation_or_none(dispatch.invocation_id)
-            if invocation is not None and invocation.job_id != job_id:
-                raise InvalidDispatch(
-                    dispatch.invocation_id, f"it belongs to job {invocation.job_id}"
-                )
-            verdict = decide(job, invocation, dispatch, action)
-            if invocation is None:
-                invocation = Invocation.unrecognised(
-                    id=dispatch.invocation_id,
-                    job_id=job_id,
-                    expected_version=dispatch.expected_version,
-                )
-            if isinstance(verdict, Applied):
-                job.perform(action, values, invocation_id=dispatch.invocation_id)
-                verdict = Applied(dispatch.invocation_id, job.version)
-            invocation.record(action, values, verdict)
-            # Saved together: either the job moved and the invocation says so, or neither.
-            self.save(job, invocation)
-            return verdict
-
-        return self._retrying(f"completion of invocation {dispatch.invocation_id}", once)
+        if invocation is not None and invocation.job_id != job_id:
+            raise InvalidDispatch(dispatch.invocation_id, f"it belongs to job {invocation.job_id}")
+        verdict = decide(job, invocation, dispatch, action)
+        if invocation is None:
+            invocation = Invocation.unrecognised(
+                id=dispatch.invocation_id, job_id=job_id, expected_version=dispatch.expected_version
+            )
+        loaded[invocation.id] = invocation
+        if isinstance(verdict, Applied):
+            job.perform(action, values, invocation_id=dispatch.invocation_id)
+            verdict = Applied(dispatch.invocation_id, job.version)
+        invocation.record(action, values, verdict)
+        return verdict
 
     def expire(
         self,
