@@ -4,7 +4,7 @@ service, and the store (memory, SQLite, PostgreSQL)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,9 @@ def test_an_expired_lease_is_taken_over_and_the_late_worker_is_a_duplicate(
     permit(system, sessions)
     svc = system.service
     dispatch = submit(svc, sessions)
-    # Worker A takes the lease and "crashes": it never completes within its lease.
-    svc.claim(dispatch.invocation_id, "worker-a", timedelta(milliseconds=1))
+    # Worker A took the lease a while ago and "crashed": its lease has run out.
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    svc.claim(dispatch.invocation_id, "worker-a", timedelta(seconds=30), long_ago)
     takeover = system.dispatcher(worker_id="worker-b")
     anyio.run(takeover.run_once)
     assert svc.get(dispatch.job_id).state == JobState.RUNNING
