@@ -89,13 +89,13 @@ def test_a_denied_run_fails_its_job_with_the_decision(
 
 def test_a_late_run_is_discarded_and_its_session_compensated(store_url: str) -> None:
     # The first request is answered slowly: its run outlives the Ready timeout.
-    with SessionService(latency=lambda i: 1.0 if i == 0 else 0.0, seed=2) as sessions:
+    with SessionService(latency=lambda i: 1.5 if i == 0 else 0.0, seed=2) as sessions:
         system = compose.build(store_url)
         try:
             permit(system, sessions)
             svc = system.service
             first = submit(svc, sessions)
-            dispatcher = system.dispatcher(timeouts={JobState.READY: timedelta(seconds=0.2)})
+            dispatcher = system.dispatcher(timeouts={JobState.READY: timedelta(seconds=0.5)})
             retried: list[Any] = []
 
             async def operator() -> None:
