@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 
 from domain.errors import (
     ActionNotAllowedHere,
@@ -331,9 +331,10 @@ class CurationService(Application[UUID]):
         return invocation
 
     def _invocation_or_none(self, invocation_id: UUID) -> Invocation | None:
-        try:
-            invocation: object = self.repository.get(invocation_id)
-        except AggregateNotFoundError:
+        # Invocations are short and never snapshotted, so fold their events directly: one
+        # query instead of the repository's two (snapshot store, then events).
+        invocation: object = project_aggregate(None, self.events.get(invocation_id))
+        if invocation is None:
             return None
         if not isinstance(invocation, Invocation):
             raise InvalidDispatch(invocation_id, "that id names a job, not an invocation")
