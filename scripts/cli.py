@@ -34,7 +34,7 @@ from domain import (
 from domain.policies import DecisionView, PolicyView
 from domain.policy import DecisionStatus
 from domain.storage import DB_URL_ENV, DEFAULT_DB_URL, default_url
-from scripts import incident, runtime_commands
+from scripts import audit_commands, incident, runtime_commands
 from scripts.output import (
     EXIT_OK,
     EXIT_STATUS_HELP,
@@ -267,6 +267,7 @@ HANDLERS: Mapping[str, Handler] = {
     "policies revoke": store_command(run_policy_revoke, render_fields),
     "demo": run_demo,
     **runtime_commands.HANDLERS,
+    **audit_commands.HANDLERS,
 }
 
 
@@ -383,6 +384,7 @@ def build_parser() -> OneLineParser:
     )
     history.set_defaults(command="history")
     add_authorization_commands(sub, common)
+    audit_commands.add_audit_commands(sub, common)
     runtime_commands.add_runtime_commands(sub, common, json_value)
     demo = sub.add_parser(
         "demo",
