@@ -1,0 +1,245 @@
+"""``sequent bench [--quick] [--only NAME,...] [--pg URL] [--scale F] [--json]`` (DESIGN.md §5, §7).
+
+The measurements themselves live in scripts/bench.py; this module is the command: its parser,
+the progress bar on stderr (when stderr is a terminal), the rich tables, and ``--json``, which
+prints a list with one object per measurement (and backend) as scripts/bench.py documents.
+
+``--db postgresql://…`` (or ``--pg URL``) adds the PostgreSQL backend to the completion
+measurement, in a temporary schema dropped afterwards; any other ``--db`` is not used, since the
+benchmark always works in throwaway stores. Before cli.py lists the command,
+``python -m scripts.bench_commands bench …`` runs it the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from scripts.bench import (
+    MEASUREMENT_NAMES,
+    SANDBOX,
+    BenchConfig,
+    Measurement,
+    UnknownMeasurement,
+    default_names,
+    parse_names,
+    run_bench,
+)
+from scripts.output import EXIT_OK, OneLineParser, console, print_json, reporting_errors
+
+Args = argparse.Namespace
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def measurement_names(text: str) -> list[str]:
+    """argparse type of ``--only``: an unknown name is a one-line usage error."""
+    try:
+        return parse_names(text)
+    except UnknownMeasurement as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def pg_url_of(args: Args) -> str | None:
+    if getattr(args, "pg", None):
+        return str(args.pg)
+    db = getattr(args, "db", None)
+    return db if isinstance(db, str) and db.startswith(POSTGRES_SCHEMES) else None
+
+
+def run_bench_command(args: Args) -> int:
+    config = BenchConfig(quick=args.quick, scale=args.scale, pg_url=pg_url_of(args))
+    names = args.only or default_names(args.quick)
+    with progress_bar(len(names)) as step:
+        results = run_bench(names, config, step)
+    if args.json:
+        print_json([m.to_json() for m in results])
+    else:
+        render(console(), results)
+    return EXIT_OK
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[str], None]]:
+    """A step callback: a measurement's name advances the bar, anything else retitles it."""
+    stderr = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        task = bar.add_task("bench", total=total)
+        seen: set[str] = set()
+
+        def step(label: str) -> None:
+            if label in MEASUREMENT_NAMES:
+                if seen:
+                    bar.advance(task)
+                seen.add(label)
+            bar.update(task, description=label)
+
+        yield step
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def figure(value: float, unit: str) -> str:
+    """A compact figure: ``4,537/s`` for a rate, ``333.6µs`` for a time."""
+    if not math.isfinite(value):
+        return str(value)
+    if unit == "us":
+        if value < 1_000:
+            return f"{value:,.1f}µs"
+        return f"{value / 1e3:,.1f}ms" if value >= 10_000 else f"{value / 1e3:,.2f}ms"
+    return f"{value:,.0f}/s" if value >= 100 else f"{value:,.2f}/s"
+
+
+def target_text(m: Measurement) -> str:
+    if m.target is None:
+        return "-"
+    op = {">=": "≥", "<=": "≤"}[m.target.op]
+    if m.target.on == "ratio":
+        return f"ratio{op}{m.target.value:g}"
+    return f"{op}{figure(m.target.value, m.unit)}"
+
+
+def target_cell(m: Measurement) -> Text:
+    """The target and whether it is met: ``ratio≥0.7 no`` (red) or ``≤200.0µs yes`` (green)."""
+    if m.meets is None:
+        return Text(target_text(m))
+    return Text(f"{target_text(m)} {'yes' if m.meets else 'no'}", "green" if m.meets else "red")
+
+
+def results_table(results: Sequence[Measurement]) -> Table:
+    table = Table(
+        title="sequent bench: ratio = speed relative to the baseline (higher is better); "
+        "p50/p99 per operation",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("measurement", no_wrap=True)
+    table.add_column("store", no_wrap=True)
+    for column in ("value", "baseline", "ratio", "target met", "n", "p50", "p99"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for m in results:
+        table.add_row(
+            m.name, m.backend or "-", figure(m.value, m.unit), figure(m.baseline, m.unit),
+            f"{m.ratio:.3f}", target_cell(m), str(m.n), figure(m.p50, "us"),
+            figure(m.p99, "us"),
+        )  # fmt: skip
+    return table
+
+
+def breakdown_table(m: Measurement) -> Table | None:
+    breakdown: dict[str, dict[str, Any]] = dict(m.details.get("breakdown", {}))
+    if not breakdown:
+        return None
+    table = Table(title=f"{m.name}: breakdown", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("step", no_wrap=True)
+    for column in ("n", "p50", "p99"):
+        table.add_column(column, justify="right")
+    for step, figures in breakdown.items():
+        table.add_row(
+            step,
+            str(figures["n"]),
+            figure(float(figures["p50"]), "us"),
+            figure(float(figures["p99"]), "us"),
+        )
+    return table
+
+
+def extra_ratios(m: Measurement) -> str:
+    parts = [
+        f"{key} {float(m.details[key]):.3f}"
+        for key in ("ratio_per_aggregate_write", "ratio_vs_bare_pair")
+        if key in m.details
+    ]
+    load = m.details.get("loadavg_1m")
+    if load is not None:
+        parts.append(f"load average {load}")
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def render(out: Console, results: Sequence[Measurement]) -> None:
+    out.print(results_table(results))
+    for m in results:
+        if m.name == SANDBOX and (table := breakdown_table(m)) is not None:
+            out.print(table)
+    for m in results:
+        label = f"{m.name} ({m.backend})" if m.backend else m.name
+        out.print(Text.assemble((label, "bold"), f"{extra_ratios(m)}: {m.notes}"))
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def add_bench_commands(sub: Any, common: OneLineParser) -> None:
+    bench = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="the benchmark suite of DESIGN.md §7, as ratios against baselines run alongside",
+        description="Measures the guarded completion against a bare eventsourcing loop (memory, "
+        "SQLite, and PostgreSQL with --pg or --db postgresql://...), the sandbox invocation "
+        "overhead with its breakdown, full job cycles through the dispatcher, and the race. "
+        "Stores are throwaway; the figures are noisy on a shared machine, the ratios less so.",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="small n and no race: well under 20 s on 2 cores"
+    )
+    bench.add_argument(
+        "--only",
+        type=measurement_names,
+        default=None,
+        metavar="NAME,...",
+        help=f"run only these (of {', '.join(MEASUREMENT_NAMES)})",
+    )
+    bench.add_argument(
+        "--pg", default=None, metavar="URL", help="PostgreSQL server for the completion measurement"
+    )
+    bench.add_argument(
+        "--scale",
+        type=positive_float,
+        default=1.0,
+        metavar="F",
+        help="multiply every n by F (e.g. 0.05 for a smoke run)",
+    )
+    bench.set_defaults(command="bench")
+
+
+HANDLERS: dict[str, Callable[[Args], int]] = {"bench": run_bench_command}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scripts.bench_commands bench …``: the command with cli.py's common options."""
+    # Deferred: cli.py imports this module, so importing cli at the top would be circular.
+    from scripts.cli import common_options  # noqa: PLC0415
+
+    def body() -> int:
+        parser = OneLineParser(prog="sequent", parents=[common_options(suppress=False)])
+        sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+        add_bench_commands(sub, common_options(suppress=True))
+        args = parser.parse_args(argv)
+        return HANDLERS[args.command](args)
+
+    return reporting_errors(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
