@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import timedelta
@@ -121,8 +122,7 @@ def run_worker_command(args: Args) -> int:
         if args.once:
             anyio.run(dispatcher.run_once)
         else:
-            stop = anyio_stop_on_signals()
-            anyio.run(dispatcher.run, stop.is_set)
+            anyio.run(dispatcher.run, stop_on_signals().is_set)
         stats = asdict(dispatcher.stats)
     finally:
         system.close()
@@ -133,23 +133,12 @@ def run_worker_command(args: Args) -> int:
     return EXIT_OK
 
 
-class _Flag:
-    def __init__(self) -> None:
-        self.value = False
-
-    def set(self, *_: object) -> None:
-        self.value = True
-
-    def is_set(self) -> bool:
-        return self.value
-
-
-def anyio_stop_on_signals() -> _Flag:
+def stop_on_signals() -> threading.Event:
     """SIGTERM or SIGINT asks the worker to finish what it has in flight and stop."""
-    flag = _Flag()
-    signal.signal(signal.SIGTERM, flag.set)
-    signal.signal(signal.SIGINT, flag.set)
-    return flag
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
 
 
 # -- parsers ----------------------------------------------------------------------------------
