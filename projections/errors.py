@@ -1,0 +1,47 @@
+"""Typed errors of the read models; the CLI prints each as one line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from domain.errors import SequentError
+
+
+class UnknownProjection(SequentError):
+    def __init__(self, name: object, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = tuple(known)
+        super().__init__(f"unknown projection {name!r} (known: {', '.join(self.known)})")
+
+
+class UnknownFilter(SequentError):
+    """A query filter value that no row can have, e.g. a job state that is not in the table."""
+
+    def __init__(self, what: str, value: object, known: Iterable[str]) -> None:
+        self.what = what
+        self.value = value
+        self.known = tuple(known)
+        super().__init__(f"unknown {what} {value!r} (known: {', '.join(self.known)})")
+
+
+class ReadModelError(SequentError):
+    """The read models' tables refused a statement (not a lost connection: that is
+    StoreUnavailable)."""
+
+
+class ProjectionFailed(ReadModelError):
+    """A batch could not be applied to a read model; nothing of that batch was written.
+
+    The usual cause is a read model whose tracking position was moved behind rows it already
+    has (so a completion would be recorded twice): ``sequent verify`` says which, and
+    ``sequent rebuild --projection NAME`` repairs it."""
+
+    def __init__(self, projection: str, position: int, why: str) -> None:
+        self.projection = projection
+        self.position = position
+        super().__init__(f"projection {projection} failed after notification {position}: {why}")
+
+
+class UnsupportedStore(SequentError):
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"read models need a SQLite, PostgreSQL or memory store, not {kind}")

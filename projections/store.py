@@ -1,0 +1,586 @@
+"""Read-model tables in the event store's own database, written exactly once.
+
+``SQLiteReadModels`` and ``PostgresReadModels`` subclass the ``eventsourcing`` tracking recorders
+(``SQLiteTrackingRecorder``, ``PostgresTrackingRecorder``) and add the read models' tables to
+the same datastore, the documented pattern for a materialised view: a batch's rows and the
+view's tracking record are written by the library's ``_insert_tracking`` in **one
+transaction**, so a view never holds a change without its position or a position without its
+change.
+
+Each view has its own tracking row (application name ``Sequent.<view>``) so views advance and
+rebuild independently. Before writing, a batch takes the lock on that row (``SELECT ... FOR
+UPDATE`` on PostgreSQL; on SQLite the first statement is a write, which takes the database's
+write lock) and checks the position is still the one the batch was read after. If another
+runner got there first the batch is refused (``PositionMoved``) and nothing is written: a
+notification is applied once even when two runners race for it.
+
+Rebuild writes into shadow tables (``<table>__rebuild``, tracking ``Sequent.<view>#rebuild``)
+while the live ones keep serving and following; ``swap`` then, in one transaction holding both
+tracking locks, brings the shadow (and, for the checksum comparison, the live view) up to the
+head, drops the live tables, renames the shadow ones in and moves the live tracking row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+import psycopg
+from eventsourcing.persistence import PersistenceError, Tracking
+from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+from psycopg.sql import SQL
+
+from domain.storage import first_line
+from projections.schema import INT, Table
+from projections.views import Insert, Notice, Upsert, View, Write
+
+SHADOW_SUFFIX = "__rebuild"
+LOOKUP_CHUNK = 500  # keys per IN (...) query
+CHECKSUM_PAGE = 5000  # rows per keyset page while hashing
+
+# What a driver raises from inside a transaction (the datastores translate on the way out).
+DB_ERRORS: tuple[type[Exception], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
+
+
+class PositionMoved(Exception):  # a signal between runner and store, not an error
+    """The view's tracked position is not the one the batch was read after."""
+
+    def __init__(self, current: int) -> None:
+        self.current = current
+        super().__init__(f"tracked position is {current}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A view's rows and its tracked position, read in one transaction."""
+
+    position: int
+    rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Checksum:
+    position: int
+    rows: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Swapped:
+    events: int  # replayed into the shadow inside the swap transaction
+    position: int  # the head both views were brought to; the live view's new position
+    live_position: int  # where the live view was when the swap began
+    checksum_live: str
+    checksum_rebuilt: str
+    rows: int
+    live_error: str | None  # the live view could not be caught up (see ProjectionFailed)
+
+
+Fetch = Callable[[int, int], Iterator[list[Notice]]]
+"""Batches of a view's notifications in (after, upto]."""
+
+
+def shadow_name(table: Table) -> str:
+    return table.name + SHADOW_SUFFIX
+
+
+def hash_rows(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
+    """sha256 over canonical JSON lines, one per row, in key order."""
+    digest = hashlib.sha256()
+    count = 0
+    for row in rows:
+        digest.update(json.dumps(list(row), separators=(",", ":")).encode())
+        digest.update(b"\n")
+        count += 1
+    return count, digest.hexdigest()
+
+
+class ReadModels(ABC):
+    """What both dialects share: tracking locks, batch writes, shadows, swap, reads."""
+
+    app_name: str
+    placeholder: str = "?"
+
+    # -- dialect ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_table(self) -> None:
+        """The library's tracking table plus the views' tables (the recorder's own method)."""
+
+    @abstractmethod
+    def _transaction(self, *, write: bool, snapshot: bool = False) -> AbstractContextManager[Any]:
+        """A cursor in a transaction that commits (``write``) or rolls back on exit."""
+
+    @abstractmethod
+    def _qualified(self, name: str) -> str: ...
+
+    @abstractmethod
+    def _tracking_table(self) -> str: ...
+
+    @abstractmethod
+    def _lock_row(self, c: Any, key: str) -> None:
+        """Takes the write lock on the tracking row (or the database) for this transaction."""
+
+    @abstractmethod
+    def _track(self, c: Any, key: str, position: int) -> None:
+        """Records the position with the library's tracking insert (refuses going back)."""
+
+    @abstractmethod
+    def _fetchall(self, c: Any) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    def _create_table_sql(self, table: Table, name: str) -> str: ...
+
+    @abstractmethod
+    def _rename_sql(self, table: Table, old: str, new: str) -> list[str]: ...
+
+    @abstractmethod
+    def _column_type(self, kind: str) -> str: ...
+
+    # -- names ------------------------------------------------------------------------------
+
+    def tracking_key(self, view: View, *, shadow: bool = False) -> str:
+        return f"{self.app_name}.{view.name}" + ("#rebuild" if shadow else "")
+
+    def _name(self, table: Table, shadow: bool) -> str:
+        return shadow_name(table) if shadow else table.name
+
+    def _sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def _columns_sql(self, table: Table) -> str:
+        return ", ".join(
+            f'"{c.name}" {self._column_type(c.type)}' + (" NOT NULL" if c.not_null else "")
+            for c in table.columns
+        )
+
+    def _index_sql(self, table: Table, name: str) -> list[str]:
+        return [
+            f'CREATE INDEX IF NOT EXISTS "{name}_{col}_idx" ON {self._qualified(name)} ("{col}")'
+            for col in table.indexes
+        ]
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _view_ddl(self, views: Sequence[View]) -> list[str]:
+        statements: list[str] = []
+        for view in views:
+            for table in view.tables:
+                statements.append(self._create_table_sql(table, table.name))
+                statements.extend(self._index_sql(table, table.name))
+        return statements
+
+    def init_positions(self, views: Sequence[View]) -> None:
+        """Gives every view a tracking row (position 0) so batches always have one to lock."""
+        sql = self._sql(
+            f"INSERT INTO {self._tracking_table()} (application_name, notification_id) "
+            "VALUES (?, 0) ON CONFLICT (application_name) DO NOTHING"
+        )
+        with self._transaction(write=True) as c:
+            for view in views:
+                c.execute(sql, (self.tracking_key(view),))
+
+    # -- positions --------------------------------------------------------------------------
+
+    def positions(self, views: Sequence[View], *, shadow: bool = False) -> dict[str, int]:
+        keys = {self.tracking_key(v, shadow=shadow): v.name for v in views}
+        marks = ", ".join("?" * len(keys))
+        sql = self._sql(
+            f"SELECT application_name, notification_id FROM {self._tracking_table()} "
+            f"WHERE application_name IN ({marks})"
+        )
+        with self._transaction(write=False) as c:
+            c.execute(sql, tuple(keys))
+            found = {keys[name]: int(pos or 0) for name, pos in self._fetchall(c)}
+        return {v.name: found.get(v.name, 0) for v in views}
+
+    def _locked_position(self, c: Any, key: str) -> int:
+        self._lock_row(c, key)
+        sql = self._sql(
+            f"SELECT notification_id FROM {self._tracking_table()} WHERE application_name = ?"
+        )
+        c.execute(sql + self._for_update(), (key,))
+        rows = self._fetchall(c)
+        if not rows:  # no row yet (a shadow, or one deleted by hand): make it, then lock it
+            c.execute(
+                self._sql(
+                    f"INSERT INTO {self._tracking_table()} (application_name, notification_id) "
+                    "VALUES (?, 0) ON CONFLICT (application_name) DO NOTHING"
+                ),
+                (key,),
+            )
+            c.execute(sql + self._for_update(), (key,))
+            rows = self._fetchall(c)
+        return int(rows[0][0] or 0)
+
+    def _for_update(self) -> str:
+        return ""
+
+    def _set_position(self, c: Any, key: str, position: int) -> None:
+        c.execute(
+            self._sql(
+                f"INSERT INTO {self._tracking_table()} (application_name, notification_id) "
+                "VALUES (?, ?) ON CONFLICT (application_name) "
+                "DO UPDATE SET notification_id = excluded.notification_id"
+            ),
+            (key, position),
+        )
+
+    def _delete_position(self, c: Any, key: str) -> None:
+        c.execute(
+            self._sql(f"DELETE FROM {self._tracking_table()} WHERE application_name = ?"), (key,)
+        )
+
+    # -- exactly-once batches ---------------------------------------------------------------
+
+    def apply(
+        self,
+        view: View,
+        batch: Sequence[Notice],
+        *,
+        after: int,
+        upto: int,
+        shadow: bool = False,
+    ) -> None:
+        """Folds ``batch`` (the view's notifications in (after, upto]) into the view and moves
+        its position to ``upto``, in one transaction. Raises PositionMoved, writing nothing,
+        if the view is no longer at ``after``."""
+        key = self.tracking_key(view, shadow=shadow)
+        with self._transaction(write=True) as c:
+            current = self._locked_position(c, key)
+            if current != after:
+                raise PositionMoved(current)
+            self._write(c, view, batch, shadow)
+            if upto > current:
+                self._track(c, key, upto)
+
+    def _write(self, c: Any, view: View, batch: Sequence[Notice], shadow: bool) -> None:
+        if not batch:
+            return
+
+        def lookup(table: Table, keys: Collection[str]) -> dict[str, tuple[Any, ...]]:
+            return self._lookup(c, table, keys, shadow)
+
+        for write in view.writes(batch, lookup):
+            if write.rows:
+                c.executemany(self._write_sql(write, shadow), write.rows)
+
+    def _write_sql(self, write: Write, shadow: bool) -> str:
+        table = write.table
+        name = self._qualified(self._name(table, shadow))
+        cols = ", ".join(f'"{c}"' for c in table.column_names)
+        marks = ", ".join([self.placeholder] * len(table.columns))
+        insert = f"INSERT INTO {name} AS t ({cols}) VALUES ({marks})"
+        if isinstance(write, Insert):
+            return insert
+        assert isinstance(write, Upsert)
+        sets = ", ".join(
+            f'"{c}" = COALESCE(excluded."{c}", t."{c}")'
+            if c in table.keep
+            else f'"{c}" = excluded."{c}"'
+            for c in table.column_names
+            if c != table.key
+        )
+        return f'{insert} ON CONFLICT ("{table.key}") DO UPDATE SET {sets}'
+
+    def _lookup(
+        self, c: Any, table: Table, keys: Collection[str], shadow: bool
+    ) -> dict[str, tuple[Any, ...]]:
+        found: dict[str, tuple[Any, ...]] = {}
+        wanted = list(keys)
+        cols = ", ".join(f'"{c}"' for c in table.column_names)
+        name = self._qualified(self._name(table, shadow))
+        at = table.index_of(table.key)
+        for i in range(0, len(wanted), LOOKUP_CHUNK):
+            chunk = wanted[i : i + LOOKUP_CHUNK]
+            marks = ", ".join([self.placeholder] * len(chunk))
+            c.execute(f'SELECT {cols} FROM {name} WHERE "{table.key}" IN ({marks})', chunk)
+            for row in self._fetchall(c):
+                found[row[at]] = row
+        return found
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def select(
+        self,
+        table: Table,
+        where: dict[str, Any] | None = None,
+        order_by: Sequence[str] = (),
+    ) -> list[tuple[Any, ...]]:
+        cols = ", ".join(f'"{c}"' for c in table.column_names)
+        sql = f"SELECT {cols} FROM {self._qualified(table.name)}"
+        params: list[Any] = []
+        if where:
+            sql += " WHERE " + " AND ".join(f'"{k}" = {self.placeholder}' for k in where)
+            params.extend(where.values())
+        order = ", ".join(f'"{c}"' for c in (*order_by, table.key))
+        with self._transaction(write=False) as c:
+            c.execute(f"{sql} ORDER BY {order}", params)
+            return self._fetchall(c)
+
+    def count(self, table: Table) -> int:
+        with self._transaction(write=False) as c:
+            c.execute(f"SELECT COUNT(*) FROM {self._qualified(table.name)}")
+            return int(self._fetchall(c)[0][0])
+
+    def snapshot(self, view: View) -> Snapshot:
+        """The view's main table and its position as of one moment."""
+        table = view.table
+        cols = ", ".join(f'"{c}"' for c in table.column_names)
+        sql = f'SELECT {cols} FROM {self._qualified(table.name)} ORDER BY "{table.key}"'
+        with self._transaction(write=False, snapshot=True) as c:
+            position = self._read_position(c, self.tracking_key(view))
+            c.execute(sql)
+            return Snapshot(position, self._fetchall(c))
+
+    def bounds(self, view: View) -> tuple[int, int]:
+        """(tracked position, highest position any row of the view's tables carries)."""
+        with self._transaction(write=False, snapshot=True) as c:
+            tracked = self._read_position(c, self.tracking_key(view))
+            highest = 0
+            for table in view.tables:
+                c.execute(f'SELECT MAX("position") FROM {self._qualified(table.name)}')
+                highest = max(highest, int(self._fetchall(c)[0][0] or 0))
+        return tracked, highest
+
+    def checksum(self, view: View) -> Checksum:
+        with self._transaction(write=False, snapshot=True) as c:
+            position = self._read_position(c, self.tracking_key(view))
+            rows, sha = self._checksum(c, view.table, view.table.name)
+        return Checksum(position, rows, sha)
+
+    def _read_position(self, c: Any, key: str) -> int:
+        c.execute(
+            self._sql(
+                f"SELECT notification_id FROM {self._tracking_table()} WHERE application_name = ?"
+            ),
+            (key,),
+        )
+        rows = self._fetchall(c)
+        return int(rows[0][0] or 0) if rows else 0
+
+    def _checksum(self, c: Any, table: Table, name: str) -> tuple[int, str]:
+        """Hashes the rows page by page (keyset pagination), so memory stays flat."""
+        cols = ", ".join(f'"{col}"' for col in table.column_names)
+        qualified = self._qualified(name)
+        key = f'"{table.key}"'
+        at = table.index_of(table.key)
+
+        def pages() -> Iterator[tuple[Any, ...]]:
+            last: Any = None
+            while True:
+                if last is None:
+                    c.execute(
+                        f"SELECT {cols} FROM {qualified} ORDER BY {key} LIMIT {CHECKSUM_PAGE}"
+                    )
+                else:
+                    c.execute(
+                        f"SELECT {cols} FROM {qualified} WHERE {key} > {self.placeholder} "
+                        f"ORDER BY {key} LIMIT {CHECKSUM_PAGE}",
+                        (last,),
+                    )
+                rows = self._fetchall(c)
+                yield from rows
+                if len(rows) < CHECKSUM_PAGE:
+                    return
+                last = rows[-1][at]
+
+        return hash_rows(pages())
+
+    # -- rebuild ----------------------------------------------------------------------------
+
+    def create_shadow(self, view: View) -> None:
+        """Empty shadow tables (no secondary indexes: they are made once, at the swap) and a
+        shadow tracking row at 0. Whatever an interrupted rebuild left is dropped first."""
+        with self._transaction(write=True) as c:
+            self._lock_row(c, self.tracking_key(view, shadow=True))
+            for table in view.tables:
+                c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
+                c.execute(self._create_table_sql(table, shadow_name(table)))
+            self._set_position(c, self.tracking_key(view, shadow=True), 0)
+
+    def drop_shadow(self, view: View) -> None:
+        with self._transaction(write=True) as c:
+            self._lock_row(c, self.tracking_key(view, shadow=True))
+            for table in view.tables:
+                c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
+            self._delete_position(c, self.tracking_key(view, shadow=True))
+
+    def swap(self, view: View, head: Callable[[], int], fetch: Fetch) -> Swapped:
+        """One transaction: lock both tracking rows, bring the shadow and the live view to the
+        head, hash both, replace the live tables with the shadow ones, move the position."""
+        live_key = self.tracking_key(view)
+        shadow_key = self.tracking_key(view, shadow=True)
+        with self._transaction(write=True) as c:
+            live = self._locked_position(c, live_key)
+            at = self._locked_position(c, shadow_key)
+            # Every notification up to this head is committed and none can appear below it
+            # later (the event store serialises its inserts), so head is a safe position.
+            target = max(head(), at)
+            events = 0
+            for batch in fetch(at, target):
+                self._write(c, view, batch, shadow=True)
+                events += len(batch)
+            live_error: str | None = None
+            if live < target:
+                c.execute("SAVEPOINT live_catch_up")
+                try:
+                    for batch in fetch(live, target):
+                        self._write(c, view, batch, shadow=False)
+                except DB_ERRORS as exc:
+                    c.execute("ROLLBACK TO SAVEPOINT live_catch_up")
+                    live_error = first_line(exc)
+                c.execute("RELEASE SAVEPOINT live_catch_up")
+            _, checksum_live = self._checksum(c, view.table, view.table.name)
+            rows, checksum_rebuilt = self._checksum(c, view.table, shadow_name(view.table))
+            for table in view.tables:
+                c.execute(f"DROP TABLE IF EXISTS {self._qualified(table.name)}")
+                for statement in self._rename_sql(table, shadow_name(table), table.name):
+                    c.execute(statement)
+                for statement in self._index_sql(table, table.name):
+                    c.execute(statement)
+            self._set_position(c, live_key, target)
+            self._delete_position(c, shadow_key)
+        return Swapped(events, target, live, checksum_live, checksum_rebuilt, rows, live_error)
+
+    # -- corruption, for tests and operators ------------------------------------------------
+
+    def force_position(self, view: View, position: int) -> None:
+        """Sets a view's tracking position without touching its rows (a test of verify)."""
+        with self._transaction(write=True) as c:
+            self._set_position(c, self.tracking_key(view), position)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Runs one statement (``?`` placeholders) on the read models' database."""
+        with self._transaction(write=True) as c:
+            c.execute(self._sql(sql), tuple(params))
+
+    def qualified(self, name: str) -> str:
+        return self._qualified(name)
+
+
+# -- SQLite -------------------------------------------------------------------------------------
+
+
+class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
+    placeholder = "?"
+
+    def __init__(self, datastore: SQLiteDatastore, *, app_name: str, views: Sequence[View]):
+        self.app_name = app_name
+        self.views = tuple(views)
+        super().__init__(datastore)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *self._view_ddl(self.views)]
+
+    @contextmanager
+    def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
+        # A deferred transaction; readers get a consistent snapshot from their first read
+        # (WAL), writers take the write lock with their first statement (_lock_row).
+        with self.datastore.transaction(commit=write) as c:
+            yield c
+
+    def _qualified(self, name: str) -> str:
+        return f'"{name}"'
+
+    def _tracking_table(self) -> str:
+        return "tracking"
+
+    def _lock_row(self, c: Any, key: str) -> None:
+        # A write as the transaction's first statement takes SQLite's write lock, waiting
+        # (busy timeout) for other writers, before anything is read: no stale snapshot.
+        c.execute(
+            "UPDATE tracking SET notification_id = notification_id WHERE application_name = ?",
+            (key,),
+        )
+
+    def _track(self, c: Any, key: str, position: int) -> None:
+        assert isinstance(c, SQLiteCursor)
+        self._insert_tracking(c, Tracking(key, position))
+
+    def _fetchall(self, c: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in c.fetchall()]
+
+    def _column_type(self, kind: str) -> str:
+        return "INTEGER" if kind == INT else "TEXT"
+
+    def _create_table_sql(self, table: Table, name: str) -> str:
+        key_type = next(c.type for c in table.columns if c.name == table.key)
+        # A text key is the clustered key (WITHOUT ROWID); an integer key is the rowid.
+        suffix = "" if key_type == INT else " WITHOUT ROWID"
+        return (
+            f'CREATE TABLE IF NOT EXISTS "{name}" ({self._columns_sql(table)}, '
+            f'PRIMARY KEY ("{table.key}")){suffix}'
+        )
+
+    def _rename_sql(self, table: Table, old: str, new: str) -> list[str]:
+        return [f'ALTER TABLE "{old}" RENAME TO "{new}"']
+
+
+def memory_datastore() -> SQLiteDatastore:
+    """For memory:// stores: the read models in a private in-memory SQLite database, gone
+    when the process ends, like the events they are made from."""
+    return SQLiteDatastore(f"file:sequent-views-{uuid4().hex}?mode=memory&cache=shared")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+POSTGRES_TRACKING_TABLE = "projection_tracking"
+
+
+class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
+    placeholder = "%s"
+
+    def __init__(self, datastore: PostgresDatastore, *, app_name: str, views: Sequence[View]):
+        self.app_name = app_name
+        self.views = tuple(views)
+        super().__init__(datastore, tracking_table_name=POSTGRES_TRACKING_TABLE)
+        self.sql_create_statements.extend(SQL(s).format() for s in self._view_ddl(self.views))
+
+    @contextmanager
+    def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
+        with self.datastore.transaction(commit=write) as c:
+            if snapshot:
+                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield c
+
+    def _qualified(self, name: str) -> str:
+        return f'"{self.datastore.schema}"."{name}"'
+
+    def _tracking_table(self) -> str:
+        return self._qualified(self.tracking_table_name)
+
+    def _lock_row(self, c: Any, key: str) -> None:
+        pass  # _locked_position reads the row FOR UPDATE
+
+    def _for_update(self) -> str:
+        return " FOR UPDATE"
+
+    def _track(self, c: Any, key: str, position: int) -> None:
+        self._insert_tracking(c, Tracking(key, position))
+
+    def _fetchall(self, c: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row.values()) for row in c.fetchall()]
+
+    def _column_type(self, kind: str) -> str:
+        return "BIGINT" if kind == INT else "TEXT"
+
+    def _create_table_sql(self, table: Table, name: str) -> str:
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._qualified(name)} ({self._columns_sql(table)}, "
+            f'CONSTRAINT "{name}_pkey" PRIMARY KEY ("{table.key}"))'
+        )
+
+    def _rename_sql(self, table: Table, old: str, new: str) -> list[str]:
+        return [
+            f'ALTER TABLE {self._qualified(old)} RENAME TO "{new}"',
+            f'ALTER TABLE {self._qualified(new)} RENAME CONSTRAINT "{old}_pkey" TO "{new}_pkey"',
+        ]

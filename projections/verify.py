@@ -1,0 +1,348 @@
+"""Replay parity: every read model against the aggregates replayed from the event store.
+
+``verify`` never trusts the projection code it checks. It replays the aggregates themselves
+(each domain event's own ``mutate``, as the repository does) from the notification log up to
+the position each view says it has applied, derives the rows that position implies, and
+compares them column by column with what the view holds. Completions (one dispatch_audit row
+each) are the ``Finished`` + verdict pairs of each replayed invocation; sessions come from the
+``SessionSpawned`` completions and the invocations' ``compensated`` lists.
+
+Tracking positions are checked first, before any catch-up could paper over them: a position
+past the head is impossible, and a position behind the rows (a row carries the position of the
+event that last changed it) means the view would apply events twice. A position moved forward
+shows up as rows missing or stale against the replay.
+
+Memory: the replay holds every aggregate (up to the highest position) at once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
+
+from domain.invocation import Invocation
+from domain.job import CurationJob
+from domain.policy import Decision
+from projections.errors import ProjectionFailed
+from projections.schema import DECISIONS, DISPATCH_AUDIT, JOB_STATUS, SESSIONS, Table
+from projections.views import VIEWS, View
+
+if TYPE_CHECKING:
+    from projections.runner import Projections
+
+DETAILS_LIMIT = 100
+REPLAY_BATCH = 2000
+
+_JOB_PREFIX = get_topic(CurationJob) + "."
+_INVOCATION_PREFIX = get_topic(Invocation) + "."
+_DECISION_PREFIX = get_topic(Decision) + "."
+_SESSION_SPAWNED = "SessionSpawned"
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    projection: str
+    kind: str  # missing | extra | drifted | tracking
+    key: str
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> expected, actual
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProjectionCheck:
+    projection: str
+    position: int
+    head: int
+    checked: int
+    drifted: int
+    missing: int
+    extra: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked: int  # rows compared (the union of expected and stored keys) over all views
+    drifted: int  # rows whose columns differ, plus unsound tracking positions
+    missing: int  # rows the replay implies that a view lacks
+    extra: int  # rows a view holds that the replay does not imply
+    ok: bool
+    head: int
+    projections: list[ProjectionCheck]
+    details: list[Discrepancy]  # the first DETAILS_LIMIT discrepancies
+
+
+def verify(projections: Projections, *, catch_up: bool = True) -> VerifyReport:
+    store = projections.store
+    head = projections.head()
+    problems: list[Discrepancy] = []
+    unsound: set[str] = set()
+    with projections._store_call():  # the same error contract as its methods
+        for view in VIEWS:
+            tracked, highest = store.bounds(view)
+            problem = _tracking_problem(view, tracked, highest, head)
+            if problem is not None:
+                problems.append(problem)
+                unsound.add(view.name)
+    if catch_up:
+        for view in VIEWS:
+            if view.name in unsound:
+                continue  # applying more on top would hide or compound what is wrong
+            try:
+                projections.catch_up([view.name])
+            except ProjectionFailed as exc:
+                problems.append(Discrepancy(view.name, "tracking", "", message=str(exc)))
+                unsound.add(view.name)
+    with projections._store_call():
+        snapshots = {view.name: store.snapshot(view) for view in VIEWS}
+        head = max(projections.head(), head)
+        replays: dict[int, Expected] = {}
+        for position in sorted({min(s.position, head) for s in snapshots.values()}):
+            replays[position] = replay(projections, position)
+    checks: list[ProjectionCheck] = []
+    for view in VIEWS:
+        snapshot = snapshots[view.name]
+        expected = replays[min(snapshot.position, head)].rows(view.table)
+        found = compare(view, expected, snapshot.rows)
+        tracking = sum(1 for p in problems if p.projection == view.name)
+        checks.append(
+            ProjectionCheck(
+                projection=view.name,
+                position=snapshot.position,
+                head=head,
+                checked=len(expected.keys() | {_key(view.table, r) for r in snapshot.rows}),
+                drifted=sum(1 for d in found if d.kind == "drifted") + tracking,
+                missing=sum(1 for d in found if d.kind == "missing"),
+                extra=sum(1 for d in found if d.kind == "extra"),
+            )
+        )
+        problems.extend(found)
+    drifted = sum(c.drifted for c in checks)
+    missing = sum(c.missing for c in checks)
+    extra = sum(c.extra for c in checks)
+    return VerifyReport(
+        checked=sum(c.checked for c in checks),
+        drifted=drifted,
+        missing=missing,
+        extra=extra,
+        ok=not (drifted or missing or extra),
+        head=head,
+        projections=checks,
+        details=problems[:DETAILS_LIMIT],
+    )
+
+
+def _tracking_problem(view: View, tracked: int, highest: int, head: int) -> Discrepancy | None:
+    if tracked > head:
+        message = f"tracking position {tracked} is beyond the head of the log ({head})"
+    elif highest > tracked:
+        message = (
+            f"tracking position {tracked} is behind the view's rows (a row was changed by "
+            f"notification {highest}): events after {tracked} would be applied twice"
+        )
+    else:
+        return None
+    return Discrepancy(view.name, "tracking", "", message=message)
+
+
+def _key(table: Table, row: Sequence[Any]) -> str:
+    return str(row[table.index_of(table.key)])
+
+
+def compare(
+    view: View, expected: dict[str, tuple[Any, ...]], stored: Sequence[tuple[Any, ...]]
+) -> list[Discrepancy]:
+    table = view.table
+    actual = {_key(table, r): tuple(r) for r in stored}
+    found: list[Discrepancy] = []
+    for key in sorted(expected.keys() | actual.keys()):
+        want, have = expected.get(key), actual.get(key)
+        if have is None:
+            found.append(Discrepancy(view.name, "missing", key))
+        elif want is None:
+            found.append(Discrepancy(view.name, "extra", key))
+        elif want != have:
+            fields = {
+                col: {"expected": w, "actual": h}
+                for col, w, h in zip(table.column_names, want, have, strict=True)
+                if w != h
+            }
+            found.append(Discrepancy(view.name, "drifted", key, fields))
+    return found
+
+
+# -- the replay ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    position: int  # of the verdict event
+    invocation_id: str
+    action: str | None
+    params: dict[str, Any]
+    verdict: Any  # the Applied or Discarded event
+
+
+@dataclass
+class Expected:
+    """Aggregates replayed up to a position, and the rows they imply."""
+
+    aggregates: dict[str, Any] = field(default_factory=dict)
+    last_position: dict[str, int] = field(default_factory=dict)
+    completions: list[Completion] = field(default_factory=list)
+    compensations: dict[str, list[tuple[int, str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )  # session id -> (position, invocation id, event)
+
+    def rows(self, table: Table) -> dict[str, tuple[Any, ...]]:
+        if table is JOB_STATUS:
+            return self._jobs()
+        if table is DISPATCH_AUDIT:
+            return self._audit()
+        if table is SESSIONS:
+            return self._sessions()
+        if table is DECISIONS:
+            return self._decisions()
+        raise KeyError(table.name)
+
+    def _of(self, kind: type[Any]) -> Iterator[tuple[str, Any]]:
+        return ((k, a) for k, a in self.aggregates.items() if isinstance(a, kind))
+
+    def _jobs(self) -> dict[str, tuple[Any, ...]]:
+        return {
+            key: (
+                key,
+                str(job.state),
+                job.attempt,
+                job.session_id,
+                job.version,
+                None if job.current_invocation is None else str(job.current_invocation),
+                job.modified_on.isoformat(),
+                self.last_position[key],
+            )
+            for key, job in self._of(CurationJob)
+        }
+
+    def _decisions(self) -> dict[str, tuple[Any, ...]]:
+        return {
+            key: (
+                key,
+                str(d.status),
+                d.principal,
+                d.action,
+                d.resource,
+                d.job_id,
+                d.invocation_id,
+                None if d.policy_id is None else str(d.policy_id),
+                d.decided_by,
+                d.created_on.isoformat(),
+                d.version,
+                self.last_position[key],
+            )
+            for key, d in self._of(Decision)
+        }
+
+    def _invocation(self, invocation_id: str) -> Any:
+        return self.aggregates.get(invocation_id)
+
+    def _audit(self) -> dict[str, tuple[Any, ...]]:
+        rows: dict[str, tuple[Any, ...]] = {}
+        for c in self.completions:
+            invocation = self._invocation(c.invocation_id)
+            applied = type(c.verdict).__name__ == "Applied"
+            rows[str(c.position)] = (
+                c.position,
+                c.invocation_id,
+                None if invocation is None else str(invocation.job_id),
+                None if invocation is None else invocation.attempt,
+                c.action,
+                "applied" if applied else "discarded",
+                None if applied else str(c.verdict.reason),
+                c.verdict.job_version if applied else None,
+                None if applied else c.verdict.job_version_seen,
+                None if applied else str(c.verdict.job_state_seen),
+                c.verdict.timestamp.isoformat(),
+            )
+        return rows
+
+    def _sessions(self) -> dict[str, tuple[Any, ...]]:
+        # Per session id, in log order: each completion that reported it (applied or not)
+        # and each compensation that stopped it.
+        told: dict[str, list[tuple[int, str, bool | None, Any]]] = defaultdict(list)
+        for c in self.completions:
+            if c.action == _SESSION_SPAWNED:
+                applied = type(c.verdict).__name__ == "Applied"
+                told[str(c.params.get("session_id"))].append(
+                    (c.position, c.invocation_id, applied, c.verdict)
+                )
+        for session_id, stops in self.compensations.items():
+            told[session_id].extend((p, i, None, e) for p, i, e in stops)
+        rows: dict[str, tuple[Any, ...]] = {}
+        for session_id, facts in told.items():
+            facts.sort(key=lambda f: f[0])
+            _, invocation_id, _, first = facts[0]
+            reports = [f[2] for f in facts if f[2] is not None]
+            verdict = ("applied" if any(reports) else "discarded") if reports else None
+            compensated = int(any(f[2] is None for f in facts))
+            invocation = self._invocation(invocation_id)
+            rows[session_id] = (
+                session_id,
+                None if invocation is None else str(invocation.job_id),
+                invocation_id,
+                verdict,
+                first.timestamp.isoformat(),
+                compensated,
+                1 - compensated,
+                facts[-1][0],
+            )
+        return rows
+
+
+def replay(projections: Projections, upto: int) -> Expected:
+    """Replays every job, invocation and decision in the log up to ``upto``."""
+    expected = Expected()
+    pending: dict[str, Any] = {}  # invocation id -> its Finished event awaiting a verdict
+    mapper = projections.service.mapper
+    for notification in _log(projections, upto):
+        if not notification.topic.startswith((_JOB_PREFIX, _INVOCATION_PREFIX, _DECISION_PREFIX)):
+            continue
+        event: Any = mapper.to_domain_event(notification)
+        key = str(notification.originator_id)
+        expected.aggregates[key] = event.mutate(expected.aggregates.get(key))
+        expected.last_position[key] = notification.id
+        if not notification.topic.startswith(_INVOCATION_PREFIX):
+            continue
+        name = notification.topic[len(_INVOCATION_PREFIX) :]
+        if name == "Finished":
+            pending[key] = event
+        elif name in ("Applied", "Discarded"):
+            finished = pending.pop(key, None)
+            expected.completions.append(
+                Completion(
+                    position=notification.id,
+                    invocation_id=key,
+                    action=None if finished is None else finished.action,
+                    params={} if finished is None else dict(finished.params),
+                    verdict=event,
+                )
+            )
+        elif name == "Compensated":
+            expected.compensations[str(event.session_id)].append((notification.id, key, event))
+    return expected
+
+
+def _log(projections: Projections, upto: int) -> Iterator[Notification]:
+    after = 0
+    recorder = projections.service.recorder
+    while after < upto:
+        batch = recorder.select_notifications(
+            start=after, limit=REPLAY_BATCH, stop=upto, inclusive_of_start=False
+        )
+        yield from batch
+        if len(batch) < REPLAY_BATCH:
+            return
+        after = batch[-1].id

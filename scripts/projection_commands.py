@@ -1,0 +1,391 @@
+"""The CLI commands over the read models: ``jobs``, ``discarded``, ``sessions``, ``status``,
+``rebuild``, ``verify`` and ``project`` (the runner).
+
+Queries catch the read models up first (one pass to the head), so what they print is as fresh
+as the store; ``status`` does not, so it can show how far behind the views are. cli.py adds
+the parsers (``add_projection_commands``) and the handlers (``HANDLERS``) to its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from domain import JobState, as_uuid
+from domain.storage import default_url
+from projections.runner import Projections, RebuildReport
+from projections.store import hash_rows
+from projections.verify import VerifyReport
+from projections.views import VIEW_NAMES
+from scripts.output import EXIT_OK, OneLineParser, console, print_json, reporting_errors, short
+
+Args = argparse.Namespace
+Handler = Callable[[Args], int]
+
+
+@contextmanager
+def opened(args: Args, **options: Any) -> Iterator[Projections]:
+    projections = Projections.open(args.db or default_url(), **options)
+    try:
+        yield projections
+    finally:
+        projections.close()
+
+
+def emit(args: Args, payload: Any, render: Callable[[Console, Any], None]) -> int:
+    if args.json:
+        print_json(payload)
+    else:
+        render(console(), payload)
+    return EXIT_OK
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*(Text("-" if v is None else str(v)) for v in row))
+    return out
+
+
+# -- queries ------------------------------------------------------------------------------------
+
+
+def run_jobs(args: Args) -> int:
+    with opened(args) as p:
+        p.catch_up()
+        rows = p.jobs(args.state)
+
+    def render(out: Console, rows: Any) -> None:
+        out.print(
+            table(
+                f"{len(rows)} jobs" + (f" in state {args.state}" if args.state else ""),
+                ("job", "state", "attempt", "version", "session", "invocation", "updated"),
+                [
+                    (
+                        r.job_id,
+                        r.state,
+                        r.attempt,
+                        r.version,
+                        r.session_id,
+                        short(r.current_invocation),
+                        r.updated_at,
+                    )
+                    for r in rows
+                ],
+            )
+        )
+
+    return emit(args, rows, render)
+
+
+def run_discarded(args: Args) -> int:
+    job = None if args.job is None else str(as_uuid(args.job))
+    with opened(args) as p:
+        p.catch_up()
+        rows = p.discarded(job)
+
+    def render(out: Console, rows: Any) -> None:
+        out.print(
+            table(
+                f"{len(rows)} discarded completions",
+                ("job", "invocation", "attempt", "action", "reason", "saw", "recorded"),
+                [
+                    (
+                        short(r.job_id),
+                        short(r.invocation_id),
+                        r.attempt,
+                        r.action,
+                        r.reason,
+                        f"{r.job_state_seen} v{r.job_version_seen}",
+                        r.recorded_at,
+                    )
+                    for r in rows
+                ],
+            )
+        )
+
+    return emit(args, rows, render)
+
+
+def run_sessions(args: Args) -> int:
+    with opened(args) as p:
+        p.catch_up()
+        rows = p.sessions(orphans=args.orphans)
+
+    def render(out: Console, rows: Any) -> None:
+        out.print(
+            table(
+                f"{len(rows)} {'orphan ' if args.orphans else ''}sessions",
+                ("session", "job", "invocation", "verdict", "compensated", "alive", "orphan"),
+                [
+                    (
+                        r.session_id,
+                        short(r.job_id),
+                        short(r.invocation_id),
+                        r.verdict,
+                        r.compensated,
+                        r.alive,
+                        r.orphan,
+                    )
+                    for r in rows
+                ],
+            )
+        )
+
+    payload = [{**asdict(r), "orphan": r.orphan} for r in rows]
+    return emit(args, payload, lambda out, _: render(out, rows))
+
+
+def run_status(args: Args) -> int:
+    with opened(args) as p:
+        statuses = p.status()
+
+    def render(out: Console, rows: Any) -> None:
+        out.print(
+            table(
+                "read models",
+                ("projection", "position", "head", "lag", "rows"),
+                [(s.projection, s.position, s.head, s.lag, s.rows) for s in rows],
+            )
+        )
+
+    return emit(args, statuses, render)
+
+
+# -- rebuild, verify, project -------------------------------------------------------------------
+
+
+def rebuild_payload(report: RebuildReport) -> dict[str, Any]:
+    return {**asdict(report), "equal": report.equal}
+
+
+def run_rebuild(args: Args) -> int:
+    names = [args.projection] if args.projection else list(VIEW_NAMES)
+    with opened(args) as p:
+        reports = [p.rebuild(name) for name in names]
+    payload: dict[str, Any]
+    if args.projection:
+        payload = rebuild_payload(reports[0])
+    else:
+        # All of them: the same keys, over the whole, plus each one.
+        _, live = hash_rows((r.projection, r.checksum_live) for r in reports)
+        _, rebuilt = hash_rows((r.projection, r.checksum_rebuilt) for r in reports)
+        payload = {
+            "projection": "all",
+            "events": sum(r.events for r in reports),
+            "seconds": round(sum(r.seconds for r in reports), 3),
+            "checksum_live": live,
+            "checksum_rebuilt": rebuilt,
+            "equal": all(r.equal for r in reports),
+            "projections": [rebuild_payload(r) for r in reports],
+        }
+
+    def render(out: Console, _: Any) -> None:
+        out.print(
+            table(
+                "rebuild",
+                ("projection", "events", "seconds", "events/s", "rows", "checksum", "equal"),
+                [
+                    (
+                        r.projection,
+                        r.events,
+                        r.seconds,
+                        r.events_per_second,
+                        r.rows,
+                        r.checksum_rebuilt[:16],
+                        "yes" if r.equal else "NO (rebuilt is truth)",
+                    )
+                    for r in reports
+                ],
+            )
+        )
+        for r in reports:
+            if r.live_error:
+                out.print(f"{r.projection}: the old tables could not catch up: {r.live_error}")
+
+    return emit(args, payload, render)
+
+
+def run_verify(args: Args) -> int:
+    with opened(args) as p:
+        report = p.verify(catch_up=not args.no_catch_up)
+
+    def render(out: Console, r: VerifyReport) -> None:
+        out.print(
+            table(
+                "verify: read models against the replayed aggregates",
+                ("projection", "position", "head", "checked", "drifted", "missing", "extra"),
+                [
+                    (c.projection, c.position, c.head, c.checked, c.drifted, c.missing, c.extra)
+                    for c in r.projections
+                ],
+            )
+        )
+        for d in r.details:
+            what = d.message or ", ".join(
+                f"{col}: {v['actual']!r} should be {v['expected']!r}" for col, v in d.fields.items()
+            )
+            out.print(Text(f"{d.projection} {d.kind} {d.key}: {what}".rstrip(": ")))
+        out.print("ok" if r.ok else "DRIFT: rebuild the projections named above")
+
+    return emit(args, report, render)
+
+
+def run_project(args: Args) -> int:
+    with opened(args, batch_size=args.batch_size) as p:
+        if args.once:
+            events = p.catch_up()
+        else:
+            stop = stop_on_signals()
+            p.run_forever(stop, poll_seconds=args.poll)
+            events = None
+        statuses = p.status()
+    payload = {"events": events, "projections": statuses}
+
+    def render(out: Console, _: Any) -> None:
+        out.print(
+            " ".join(f"{s.projection}={s.position}/{s.head}" for s in statuses)
+            + ("" if events is None else f" ({events} notifications read)")
+        )
+
+    return emit(args, payload, render)
+
+
+def stop_on_signals() -> threading.Event:
+    """SIGTERM or SIGINT lets the runner finish its batch and stop."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+# -- parsers ------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0, got {value}")
+    return value
+
+
+def add_projection_commands(sub: Any, common: OneLineParser) -> None:
+    jobs = sub.add_parser(
+        "jobs", parents=[common], help="jobs from the job_status read model (caught up first)"
+    )
+    jobs.add_argument("--state", choices=[s.value for s in JobState], default=None)
+    jobs.set_defaults(command="jobs")
+
+    discarded = sub.add_parser(
+        "discarded", parents=[common], help="discarded completions from the dispatch_audit model"
+    )
+    discarded.add_argument("--job", metavar="JOB", default=None, help="only this job's")
+    discarded.set_defaults(command="discarded")
+
+    sessions = sub.add_parser(
+        "sessions", parents=[common], help="sessions reported by completions, and orphans"
+    )
+    sessions.add_argument(
+        "--orphans", action="store_true", help="only discarded sessions nobody stopped"
+    )
+    sessions.set_defaults(command="sessions")
+
+    status = sub.add_parser(
+        "status", parents=[common], help="each read model's position, the head, and the lag"
+    )
+    status.set_defaults(command="status")
+
+    rebuild = sub.add_parser(
+        "rebuild",
+        parents=[common],
+        help="rebuild read models from the first notification (default: all)",
+        description="Replays into shadow tables while the live ones keep serving, then swaps "
+        "them in at the head in one transaction; compares checksums of old and new.",
+    )
+    rebuild.add_argument(
+        "--projection",
+        choices=VIEW_NAMES,
+        default=None,
+        metavar="NAME",
+        help=f"one of {', '.join(VIEW_NAMES)}",
+    )
+    rebuild.set_defaults(command="rebuild")
+
+    verify = sub.add_parser(
+        "verify", parents=[common], help="replay parity of the read models with the event history"
+    )
+    verify.add_argument(
+        "--no-catch-up",
+        action="store_true",
+        help="compare the read models where they stand, without applying newer events first",
+    )
+    verify.set_defaults(command="verify")
+
+    project = sub.add_parser(
+        "project", parents=[common], help="run the projection runner (until SIGTERM/SIGINT)"
+    )
+    project.add_argument("--once", action="store_true", help="catch up to the head, then exit")
+    project.add_argument("--batch-size", type=positive_int, default=1000, metavar="N")
+    project.add_argument(
+        "--poll",
+        type=positive_float,
+        default=0.2,
+        metavar="SECONDS",
+        help="how often SQLite is polled; PostgreSQL is followed live",
+    )
+    project.set_defaults(command="project")
+
+
+HANDLERS: Mapping[str, Handler] = {
+    "jobs": run_jobs,
+    "discarded": run_discarded,
+    "sessions": run_sessions,
+    "status": run_status,
+    "rebuild": run_rebuild,
+    "verify": run_verify,
+    "project": run_project,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """These commands on their own (``python -m scripts.projection_commands``), with the
+    same --db/--json options and error contract as ``sequent``."""
+    from scripts.cli import common_options  # noqa: PLC0415  (cli imports this module)
+
+    def body() -> int:
+        parser = OneLineParser(prog="sequent", parents=[common_options(suppress=False)])
+        sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+        add_projection_commands(sub, common_options(suppress=True))
+        args = parser.parse_args(argv)
+        return HANDLERS[args.command](args)
+
+    return reporting_errors(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The read-model commands: ``jobs``, ``discarded``, ``sessions``, ``status``, ``rebuild``,
+``verify`` and ``project``, their --json shapes and values, and the one-line error contract.
+
+They run through ``scripts.projection_commands.main`` (the same parsers and handlers cli.py
+adds to ``sequent``), in process, and once from a real process where a traceback would show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import CurationService
+from projections.runner import Projections
+from scripts import projection_commands
+from scripts.output import EXIT_FAILED, EXIT_USAGE
+from tests.test_projections_fold import Workload, completions, fold_history
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Ran:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        assert self.code == 0, self.err
+        assert self.err == ""
+        return json.loads(self.out)
+
+    def error_line(self) -> str:
+        assert self.code != 0
+        assert self.out == ""
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err
+        assert lines[0].startswith("sequent: error: ")
+        return lines[0]
+
+
+Cli = Callable[..., Ran]
+
+
+@pytest.fixture
+def db(url_for: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
+    url = url_for("sqlite")
+    monkeypatch.setenv("SEQUENT_DB", url)
+    return url
+
+
+@pytest.fixture
+def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
+    def run(*argv: str) -> Ran:
+        code = projection_commands.main(list(argv))
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def incident(db: str) -> Iterator[CurationService]:
+    svc = CurationService.open(db)
+    Workload(svc).incident(jobs=3, seed=1)
+    svc.fail(svc.create_job({"x": 1}), reason="operator")
+    svc.policies.request_decision(integration="build_session_message", endpoint="http://h:1/s")
+    yield svc
+    svc.close()
+
+
+def test_jobs_lists_the_job_status_model_caught_up(sequent: Cli, incident: CurationService) -> None:
+    rows = sequent("jobs", "--json").json()
+    folded = fold_history(incident)["job_status"]
+    assert len(rows) == len(folded) == 4
+    keys = {"job_id", "state", "attempt", "session_id", "version", "current_invocation",
+            "updated_at", "position"}  # fmt: skip
+    assert all(set(r) == keys for r in rows)
+    for r in rows:
+        assert tuple(r.values()) == folded[r["job_id"]]
+    running = sequent("jobs", "--state", "Running", "--json").json()
+    assert len(running) == 3
+    assert {r["attempt"] for r in running} == {2}
+    assert [r["state"] for r in sequent("jobs", "--state", "Failed", "--json").json()] == ["Failed"]
+    human = sequent("jobs")
+    assert human.code == 0
+    assert "4 jobs" in human.out
+
+
+def test_discarded_lists_each_discarded_completion(sequent: Cli, incident: CurationService) -> None:
+    rows = sequent("discarded", "--json").json()
+    assert len(rows) == 3
+    for r in rows:
+        assert {"job_id", "invocation_id", "attempt", "action", "reason"} <= set(r)
+        assert (r["attempt"], r["action"], r["reason"]) == (1, "SessionSpawned", "superseded")
+        assert (r["verdict"], r["job_state_seen"]) == ("discarded", "Running")
+    job = rows[0]["job_id"]
+    assert [r["job_id"] for r in sequent("discarded", "--job", job, "--json").json()] == [job]
+    assert "3 discarded completions" in sequent("discarded").out
+
+
+def test_sessions_and_orphans(sequent: Cli, incident: CurationService) -> None:
+    sessions = sequent("sessions", "--json").json()
+    assert len(sessions) == 6
+    orphans = sequent("sessions", "--orphans", "--json").json()
+    assert all(o["orphan"] and o["verdict"] == "discarded" and o["alive"] for o in orphans)
+    assert len(orphans) == sum(1 for s in sessions if s["orphan"])
+
+
+def test_status_shows_lag_without_catching_up(
+    sequent: Cli, incident: CurationService, db: str
+) -> None:
+    head = incident.recorder.max_notification_id()
+    before = sequent("status", "--json").json()
+    assert [s["projection"] for s in before] == [
+        "job_status", "dispatch_audit", "sessions", "decisions",
+    ]  # fmt: skip
+    assert all((s["position"], s["head"], s["lag"]) == (0, head, head) for s in before)
+    project = sequent("project", "--once", "--json").json()
+    assert project["events"] > 0
+    after = sequent("status", "--json").json()
+    assert all((s["position"], s["head"], s["lag"]) == (head, head, 0) for s in after)
+    assert {s["projection"]: s["rows"] for s in after}["dispatch_audit"] == len(
+        completions(incident)
+    )
+
+
+def test_rebuild_one_and_all(sequent: Cli, incident: CurationService) -> None:
+    one = sequent("rebuild", "--projection", "dispatch_audit", "--json").json()
+    assert {"projection", "events", "seconds", "checksum_live", "checksum_rebuilt"} <= set(one)
+    assert one["projection"] == "dispatch_audit"
+    assert one["checksum_live"] == one["checksum_rebuilt"]
+    assert one["equal"] is True
+    assert one["rows"] == len(completions(incident))
+    every = sequent("rebuild", "--json").json()
+    assert every["projection"] == "all"
+    assert every["checksum_live"] == every["checksum_rebuilt"]
+    assert [p["projection"] for p in every["projections"]] == [
+        "job_status", "dispatch_audit", "sessions", "decisions",
+    ]  # fmt: skip
+    assert every["events"] == sum(p["events"] for p in every["projections"])
+    again = sequent("rebuild", "--projection", "dispatch_audit", "--json").json()
+    assert again["checksum_rebuilt"] == one["checksum_rebuilt"]
+    assert "rebuild" in sequent("rebuild", "--projection", "decisions").out
+
+
+def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationService, db: str) -> None:
+    report = sequent("verify", "--json").json()
+    assert {"checked", "drifted", "missing"} <= set(report)
+    assert (report["drifted"], report["missing"], report["extra"], report["ok"]) == (
+        0, 0, 0, True,
+    )  # fmt: skip
+    assert report["checked"] == sum(len(v) for v in fold_history(incident).values())
+    with Projections.open(db) as p:
+        p.store.execute('UPDATE decisions SET "status" = ?', ("approved",))
+    drift = sequent("verify", "--json").json()
+    assert (drift["drifted"], drift["ok"]) == (1, False)
+    (detail,) = drift["details"]
+    assert detail["projection"] == "decisions"
+    assert detail["fields"] == {"status": {"expected": "pending", "actual": "approved"}}
+    assert "DRIFT" in sequent("verify").out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("rebuild", "--projection", "jobs"), "argument --projection: invalid choice: 'jobs'"),
+        (("jobs", "--state", "Sleeping"), "argument --state: invalid choice: 'Sleeping'"),
+        (("discarded", "--job", "not-a-uuid"), "malformed job id 'not-a-uuid'"),
+        (("project", "--batch-size", "0"), "expected at least 1"),
+        (("jobs", "--db", "postgresql://postgres@127.0.0.1:1/none"), "is unavailable"),
+        (("status", "--db", "mysql://x"), "bad store URL"),
+    ],
+)
+def test_bad_input_is_one_line_and_non_zero(
+    sequent: Cli, db: str, argv: tuple[str, ...], message: str
+) -> None:
+    ran = sequent(*argv)
+    assert message in ran.error_line()
+    assert ran.code in (EXIT_USAGE, EXIT_FAILED)
+
+
+def test_a_real_process_prints_one_line_not_a_traceback(db: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEQUENT_DB": db}
+    ran = subprocess.run(
+        [sys.executable, "-m", "scripts.projection_commands", "rebuild", "--projection", "x"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert ran.returncode == EXIT_USAGE
+    assert ran.stdout == ""
+    assert ran.stderr.count("\n") == 1
+    assert "Traceback" not in ran.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "scripts.projection_commands", "project", "--once", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["events"] == 0
