@@ -29,14 +29,18 @@ class LogReader:
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
 
-    def read(self, after: int, upto: int, topics: Sequence[str], limit: int) -> list[Notice]:
-        """At most ``limit`` notices of ``topics`` in (after, upto], in log order."""
-        return notices(
+    def read(
+        self, after: int, upto: int, topics: Sequence[str], limit: int
+    ) -> tuple[list[Notice], int]:
+        """At most ``limit`` notices of ``topics`` in (after, covered], in log order, and
+        ``covered`` (at most ``upto``): the position up to which nothing else is to be read."""
+        batch = notices(
             self.recorder.select_notifications(
                 start=after, limit=limit, stop=upto, topics=topics, inclusive_of_start=False
             ),
             self.mapper,
         )
+        return batch, _covered(batch, limit, upto)
 
     def batches(
         self, after: int, upto: int, topics: Sequence[str], limit: int
@@ -44,16 +48,21 @@ class LogReader:
         """(batch, position it covers up to) for every notice of ``topics`` in (after, upto];
         the last batch covers up to ``upto`` exactly, even where no notice of the topics is."""
         while after < upto:
-            batch = self.read(after, upto, topics, limit)
-            covered = batch[-1].id if len(batch) == limit else upto
+            batch, covered = self.read(after, upto, topics, limit)
             yield batch, covered
             after = covered
+
+
+def _covered(batch: Sequence[Notice], limit: int, upto: int) -> int:
+    return batch[-1].id if len(batch) == limit else upto
 
 
 class SQLiteLogReader(LogReader):
     recorder: SQLiteApplicationRecorder
 
-    def read(self, after: int, upto: int, topics: Sequence[str], limit: int) -> list[Notice]:
+    def read(
+        self, after: int, upto: int, topics: Sequence[str], limit: int
+    ) -> tuple[list[Notice], int]:
         marks = ",".join("?" * len(topics))
         sql = (
             "SELECT rowid, originator_id, originator_version, topic, state "
@@ -72,23 +81,29 @@ class SQLiteLogReader(LogReader):
         canonical = {
             h: f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in {r[1] for r in rows}
         }
-        return [Notice(i, canonical[h], v, t, s, mapper) for i, h, v, t, s in rows]
+        batch = [Notice(i, canonical[h], v, t, s, mapper) for i, h, v, t, s in rows]
+        return batch, _covered(batch, limit, upto)
 
 
 class PostgresLogReader(LogReader):
+    """Reads the log in windows of ``limit`` notification ids. A bounded id range keeps
+    PostgreSQL on the notification_id index whatever its statistics say; an open range with a
+    topic filter can be planned as a scan of every later row and a sort, once per batch."""
+
     recorder: PostgresApplicationRecorder
 
-    def read(self, after: int, upto: int, topics: Sequence[str], limit: int) -> list[Notice]:
+    def read(
+        self, after: int, upto: int, topics: Sequence[str], limit: int
+    ) -> tuple[list[Notice], int]:
+        end = min(after + limit, upto)
         table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
         sql = (
             "SELECT notification_id, originator_id::text, originator_version, topic, state "
             f"FROM {table} WHERE notification_id > %s AND notification_id <= %s "
             + ("AND topic = ANY(%s) " if topics else "")
-            + "ORDER BY notification_id LIMIT %s"
+            + "ORDER BY notification_id"
         )
-        params: tuple[Any, ...] = (
-            (after, upto, list(topics), limit) if topics else (after, upto, limit)
-        )
+        params: tuple[Any, ...] = (after, end, list(topics)) if topics else (after, end)
         mapper = self.mapper
         with (
             self.recorder.datastore.get_connection() as conn,
@@ -96,7 +111,7 @@ class PostgresLogReader(LogReader):
         ):
             cursor.execute(sql, params)
             rows = cursor.fetchall()
-        return [Notice(i, k, v, t, s, mapper) for i, k, v, t, s in rows]
+        return [Notice(i, k, v, t, s, mapper) for i, k, v, t, s in rows], end
 
 
 def log_reader(recorder: ApplicationRecorder, mapper: Mapper[Any]) -> LogReader:

@@ -51,6 +51,8 @@ JOB_SESSION_SPAWNED = f"{_JOB}.{TRANSITIONS['SessionSpawned'].event}"
 JOB_STARTS_INVOCATION = frozenset(
     f"{_JOB}.{t.event}" for t in TRANSITIONS.values() if t.starts_invocation
 )
+# The job events whose payload job_status reads (all others: topic and version suffice).
+JOB_CARRIES = frozenset({JOB_CREATED, JOB_RETRIED, JOB_SESSION_SPAWNED, *JOB_STARTS_INVOCATION})
 
 STARTED = f"{_INVOCATION}.Started"
 UNRECOGNISED = f"{_INVOCATION}.Unrecognised"
@@ -151,6 +153,16 @@ class View(ABC):
 # -- job_status ---------------------------------------------------------------------------------
 
 _J = {name: JOB_STATUS.index_of(name) for name in JOB_STATUS.column_names}
+assert tuple(_J) == (
+    "job_id",
+    "state",
+    "attempt",
+    "session_id",
+    "version",
+    "current_invocation",
+    "updated_at",
+    "position",
+)  # the order JobStatusView.writes builds rows in
 
 
 class JobStatusView(View):
@@ -159,32 +171,31 @@ class JobStatusView(View):
     tables = (JOB_STATUS,)
 
     def writes(self, batch: Sequence[Notice], lookup: Lookup) -> list[Write]:
-        # Each job event sets state, version and position outright; attempt, session and
-        # current invocation only on the events that carry them, so a job's row from this
-        # batch is a partial row that the upsert merges (``keep``) into the stored one.
-        rows: dict[str, list[Any]] = {}
+        # Every job event sets state, version, position and time outright, so a job's row
+        # follows its last event in the batch; attempt, session and current invocation are
+        # set only by the events that carry them (in order), and left NULL otherwise, so the
+        # upsert keeps the stored values (``keep``). Two passes, the first as cheap as a
+        # dict store per event: most events (progress) need nothing else.
         last: dict[str, Notice] = {}
-        width = len(JOB_STATUS.columns)
         for n in batch:
-            row = rows.get(n.key)
-            if row is None:
-                row = rows[n.key] = [None] * width
-                row[_J["job_id"]] = n.key
-            row[_J["state"]] = JOB_EVENT_STATES[n.topic]
-            row[_J["version"]] = n.version
-            row[_J["position"]] = n.id
+            last[n.key] = n
+        rows: dict[str, list[Any]] = {}
+        for key, n in last.items():
+            rows[key] = [key, JOB_EVENT_STATES[n.topic], None, None, n.version, None,
+                         n.timestamp, n.id]  # fmt: skip
+        for n in batch:
             topic = n.topic
+            if topic not in JOB_CARRIES:
+                continue
+            row = rows[n.key]
             if topic == JOB_CREATED:
                 row[_J["attempt"]] = 1
             elif topic == JOB_RETRIED:
                 row[_J["attempt"]] = n.event.attempt
             elif topic == JOB_SESSION_SPAWNED:
                 row[_J["session_id"]] = n.event.session_id
-            elif topic in JOB_STARTS_INVOCATION:
+            else:  # starts an invocation
                 row[_J["current_invocation"]] = str(n.event.invocation_id)
-            last[n.key] = n
-        for key, n in last.items():
-            rows[key][_J["updated_at"]] = n.timestamp  # decoded once per job per batch
         return [Upsert(JOB_STATUS, [tuple(r) for r in rows.values()])] if rows else []
 
 

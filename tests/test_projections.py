@@ -143,7 +143,8 @@ def test_a_batch_applied_twice_is_refused_and_leaves_one_row(service: CurationSe
     p = Projections(service)
     view = p.view("dispatch_audit")
     head = p.head()
-    batch = p.log.read(0, head, view.topics, 10_000)
+    batch, covered = p.log.read(0, head, view.topics, 10_000)
+    assert covered == head
     p.store.apply(view, batch, after=0, upto=head)
     before = stored(p, "dispatch_audit")
     with pytest.raises(PositionMoved) as moved:
@@ -229,6 +230,9 @@ def test_rebuild_repairs_a_corrupted_view(service: CurationService) -> None:
 def test_rebuild_while_writers_run_loses_nothing(
     shared_store_url: str, shared_service: CurationService
 ) -> None:
+    """A writer appends and another runner follows while each view is rebuilt; the swap
+    brings the shadow to the head inside its transaction, so nothing written meanwhile is
+    lost and the live and rebuilt checksums still agree."""
     Workload(shared_service).incident(jobs=60, seed=1)
     p = Projections(shared_service, rebuild_batch_size=25)
     p.catch_up()
@@ -245,8 +249,18 @@ def test_rebuild_while_writers_run_loses_nothing(
         except BaseException as exc:
             errors.append(exc)
 
-    writer = threading.Thread(target=write)
-    writer.start()
+    follower = Projections.open(shared_store_url, batch_size=5)  # a live runner meanwhile
+
+    def follow() -> None:
+        try:
+            while not stop.is_set():
+                follower.catch_up()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=follow)]
+    for t in threads:
+        t.start()
     overlapped: dict[str, int] = {}
     try:
         for name in VIEW_NAMES:
@@ -259,8 +273,10 @@ def test_rebuild_while_writers_run_loses_nothing(
                     break
     finally:
         stop.set()
-        writer.join()
+        for t in threads:
+            t.join()
         writer_service.close()
+        follower.close()
     assert errors == []
     assert set(overlapped) == set(VIEW_NAMES)  # every rebuild had writers running through it
     p.catch_up()

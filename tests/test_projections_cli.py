@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +218,44 @@ def test_a_real_process_prints_one_line_not_a_traceback(db: str) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["events"] == 0
+
+
+def test_project_follows_until_sigterm(shared_store_url: str) -> None:
+    """``sequent project`` as a process: SQLite polled, PostgreSQL followed through the
+    subscription; SIGTERM lets it finish and report."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "scripts.projection_commands", "project", "--json",
+         "--db", shared_store_url, "--poll", "0.05", "--batch-size", "7"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )  # fmt: skip
+    try:
+        with Projections.open(shared_store_url) as p:
+            Workload(p.service).incident(jobs=4)
+            deadline = time.monotonic() + 30
+            while set(p.lag().values()) != {0}:
+                assert runner.poll() is None, runner.communicate()
+                assert time.monotonic() < deadline, p.status()
+                time.sleep(0.05)
+            assert stored_parity(p)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        out, err = runner.communicate(timeout=30)
+    assert runner.returncode == 0, err
+    report = json.loads(out)
+    assert report["events"] is None
+    assert {s["lag"] for s in report["projections"]} == {0}
+
+
+def stored_parity(p: Projections) -> bool:
+    folded = fold_history(p.service)
+    for name in folded:
+        view = p.view(name)
+        at = view.table.index_of(view.table.key)
+        rows = {str(r[at]): tuple(r) for r in p.store.snapshot(view).rows}
+        assert rows == folded[name], name
+    return True
