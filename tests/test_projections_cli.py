@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from domain import CurationService
+from projections.progress import progress_bar
 from projections.runner import Projections
 from scripts import projection_commands
 from scripts.output import EXIT_FAILED, EXIT_USAGE
@@ -259,3 +260,16 @@ def stored_parity(p: Projections) -> bool:
         rows = {str(r[at]): tuple(r) for r in p.store.snapshot(view).rows}
         assert rows == folded[name], name
     return True
+
+
+def test_progress_bar_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    with progress_bar("rebuild x") as bar:
+        assert bar is None  # stderr is captured, not a terminal
+    with progress_bar("rebuild x", force=True) as bar:
+        assert bar is not None
+        bar(5, 10)
+        bar(10, 10)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "rebuild x" in captured.err
+    assert "10/10" in captured.err
