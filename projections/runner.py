@@ -78,6 +78,7 @@ from projections.store import (
     SQLiteReadModels,
     memory_datastore,
 )
+from projections.verify import VerifyReport, verify
 from projections.views import VIEW_NAMES, VIEWS, Notice, View, notices
 
 CATCH_UP_BATCH = 1000
@@ -108,7 +109,7 @@ class ProjectionStatus:
 class RebuildReport:
     projection: str
     events: int  # notifications replayed into the new tables
-    seconds: float
+    seconds: float  # the replay and the swap (not the live view's catch-up before them)
     checksum_live: str
     checksum_rebuilt: str
     position: int  # the head both checksums were taken at
@@ -481,11 +482,10 @@ class Projections:
 
     # -- verify -----------------------------------------------------------------------------
 
-    def verify(self, *, catch_up: bool = True) -> Any:
+    def verify(self, *, catch_up: bool = True) -> VerifyReport:
         """Replays every aggregate from the event store and compares the read models with it:
-        see ``projections.verify``."""
-        from projections.verify import verify  # noqa: PLC0415  (verify imports this module)
-
+        ``{checked, drifted, missing, extra}`` and the details (see ``projections.verify``).
+        Tracking positions are checked before ``catch_up`` applies anything newer."""
         return verify(self, catch_up=catch_up)
 
     # -- internals --------------------------------------------------------------------------
