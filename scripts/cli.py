@@ -34,7 +34,13 @@ from domain import (
 from domain.policies import DecisionView, PolicyView
 from domain.policy import DecisionStatus
 from domain.storage import DB_URL_ENV, DEFAULT_DB_URL, default_url
-from scripts import audit_commands, bench_commands, incident, runtime_commands
+from scripts import (
+    audit_commands,
+    bench_commands,
+    incident,
+    projection_commands,
+    runtime_commands,
+)
 from scripts.output import (
     EXIT_OK,
     EXIT_STATUS_HELP,
@@ -269,6 +275,7 @@ HANDLERS: Mapping[str, Handler] = {
     **runtime_commands.HANDLERS,
     **audit_commands.HANDLERS,
     **bench_commands.HANDLERS,
+    **projection_commands.HANDLERS,
 }
 
 
@@ -388,6 +395,7 @@ def build_parser() -> OneLineParser:
     audit_commands.add_audit_commands(sub, common)
     runtime_commands.add_runtime_commands(sub, common, json_value)
     bench_commands.add_bench_commands(sub, common)
+    projection_commands.add_projection_commands(sub, common)
     demo = sub.add_parser(
         "demo",
         parents=[common],
