@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from projections.runner import Projections, RebuildReport
 from projections.store import hash_rows
 from projections.verify import VerifyReport
 from projections.views import VIEW_NAMES
-from scripts.output import EXIT_OK, OneLineParser, console, print_json, reporting_errors, short
+from scripts.output import EXIT_OK, OneLineParser, console, positive_int, print_json, short
 
 Args = argparse.Namespace
 Handler = Callable[[Args], int]
@@ -274,16 +273,6 @@ def stop_on_signals() -> threading.Event:
 # -- parsers ------------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
-
-
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -370,22 +359,3 @@ HANDLERS: Mapping[str, Handler] = {
     "verify": run_verify,
     "project": run_project,
 }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """These commands on their own (``python -m scripts.projection_commands``), with the
-    same --db/--json options and error contract as ``sequent``."""
-    from scripts.cli import common_options  # noqa: PLC0415  (cli imports this module)
-
-    def body() -> int:
-        parser = OneLineParser(prog="sequent", parents=[common_options(suppress=False)])
-        sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-        add_projection_commands(sub, common_options(suppress=True))
-        args = parser.parse_args(argv)
-        return HANDLERS[args.command](args)
-
-    return reporting_errors(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,7 +28,7 @@ from integrations.host import NoNetwork
 from integrations.invoke import invoke_module, sample_input
 from integrations.runtime import SandboxLimits
 from scripts import compose
-from scripts.output import EXIT_OK, OneLineParser, console, print_json
+from scripts.output import EXIT_OK, OneLineParser, console, positive_int, print_json
 from scripts.race import RaceConfig, run_race
 
 Args = argparse.Namespace
@@ -178,16 +178,6 @@ def add_runtime_commands(sub: Any, common: OneLineParser, json_value: Any) -> No
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--once", action="store_true", help="run what is pending, then exit")
     worker.set_defaults(command="worker")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
 
 
 HANDLERS = {

@@ -1,8 +1,8 @@
 """The read-model commands: ``jobs``, ``discarded``, ``sessions``, ``status``, ``rebuild``,
 ``verify`` and ``project``, their --json shapes and values, and the one-line error contract.
 
-They run through ``scripts.projection_commands.main`` (the same parsers and handlers cli.py
-adds to ``sequent``), in process, and once from a real process where a traceback would show.
+They run through ``scripts.cli.main``, in process, and as real ``sequent`` processes where a
+traceback would show.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ import pytest
 from domain import CurationService
 from projections.progress import progress_bar
 from projections.runner import Projections
-from scripts import projection_commands
+from scripts import cli
 from scripts.output import EXIT_FAILED, EXIT_USAGE
 from tests.test_projections_fold import Workload, completions, fold_history
 
 ROOT = Path(__file__).resolve().parent.parent
+SEQUENT = str(Path(sys.executable).parent / "sequent")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def db(url_for: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.fixture
 def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
     def run(*argv: str) -> Ran:
-        code = projection_commands.main(list(argv))
+        code = cli.main(list(argv))
         captured = capsys.readouterr()
         return Ran(code, captured.out, captured.err)
 
@@ -196,7 +197,7 @@ def test_bad_input_is_one_line_and_non_zero(
 def test_a_real_process_prints_one_line_not_a_traceback(db: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SEQUENT_DB": db}
     ran = subprocess.run(
-        [sys.executable, "-m", "scripts.projection_commands", "rebuild", "--projection", "x"],
+        [SEQUENT, "rebuild", "--projection", "x"],
         check=False,
         capture_output=True,
         text=True,
@@ -209,7 +210,7 @@ def test_a_real_process_prints_one_line_not_a_traceback(db: str) -> None:
     assert ran.stderr.count("\n") == 1
     assert "Traceback" not in ran.stderr
     ok = subprocess.run(
-        [sys.executable, "-m", "scripts.projection_commands", "project", "--once", "--json"],
+        [SEQUENT, "project", "--once", "--json"],
         check=False,
         capture_output=True,
         text=True,
@@ -226,7 +227,7 @@ def test_project_follows_until_sigterm(shared_store_url: str) -> None:
     subscription; SIGTERM lets it finish and report."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     runner = subprocess.Popen(
-        [sys.executable, "-m", "scripts.projection_commands", "project", "--json",
+        [SEQUENT, "project", "--json",
          "--db", shared_store_url, "--poll", "0.05", "--batch-size", "7"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
