@@ -7,8 +7,9 @@ while the absolute figures are not. Each result is one :class:`Measurement`:
 ``name, backend, unit, value, baseline, ratio, better, target, target_on, target_op, meets, n,
 p50, p99, latency_unit, notes, details``
 
-* ``value`` and ``baseline`` are in ``unit``: a rate (``ops/s``, ``cycles/s``, ``jobs/s``; higher
-  is better) or a time (``us``; lower is better). ``better`` says which.
+* ``value`` and ``baseline`` are in ``unit``: a rate (``ops/s``, ``cycles/s``, ``jobs/s``,
+  ``events/s``, ``completions/s``; higher is better) or a time (``us``, also for the audit's
+  50 ms target; lower is better). ``better`` says which.
 * ``ratio`` is always *speed relative to the baseline*, so higher is always better and 1.0 means
   "as fast as the baseline": ``value / baseline`` for rates, ``baseline / value`` for times.
 * ``target`` applies to ``target_on`` (``"ratio"`` or ``"value"``) with ``target_op`` (``>=`` or
@@ -20,6 +21,12 @@ p50, p99, latency_unit, notes, details``
 
 The stores are always throwaway (temporary SQLite files, a temporary PostgreSQL schema dropped
 afterwards): a benchmark never writes into the store you work with.
+
+The store-bound measurements (the completion path, the rebuild, the audit timeline) run on SQLite
+(the completion path also in memory) and, given a PostgreSQL URL, on PostgreSQL too; the batched
+completions run on PostgreSQL only and are left out without one. The rebuild's log holds 100k
+events (10k with --quick, times --scale); ``$SEQUENT_BENCH_EVENTS`` (a number, or ``large`` for
+1M) sets it outright, as does ``BenchConfig(rebuild_events=...)`` or ``BenchConfig(large=True)``.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ import json
 import math
 import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -46,14 +57,19 @@ import anyio
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, DomainEvent, event
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg import sql
 from wasmtime import Store
 
 from domain import CurationService, Dispatch
-from domain.invocation import DEFAULT_INTEGRATION
+from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
+from domain.outcomes import Applied
+from domain.service import SNAPSHOT_INTERVAL, completion_values
 from domain.storage import parse_store_url, postgres_conninfo
+from domain.transitions import TRANSITIONS
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer, default_policies
 from integrations.host import (
     HostSession,
@@ -67,6 +83,8 @@ from integrations.modules.build import PROJECT_ROOT, build_session_message_wasm
 from integrations.runtime import LoadedModule, Runtime, SandboxLimits, epoch_ticks
 from integrations.sandboxed import AuthorizedHost
 from integrations.sessions import SessionClient, SessionService
+from projections.audit import Timeline
+from projections.runner import REBUILD_BATCH, Projections
 from scripts import compose
 from scripts.race import RaceConfig, run_race
 
@@ -78,11 +96,15 @@ GUARDED = "guarded_completion_vs_bare_loop"
 SANDBOX = "sandbox_invocation_overhead"
 CYCLES = "job_cycles_per_second"
 RACE = "race_jobs_per_second"
-MEASUREMENT_NAMES: tuple[str, ...] = (GUARDED, SANDBOX, CYCLES, RACE)
+REBUILD = "rebuild_job_status_vs_raw_scan"
+AUDIT = "audit_timeline_10k"
+BATCHED = "completions_per_second_batched"
+MEASUREMENT_NAMES: tuple[str, ...] = (GUARDED, SANDBOX, CYCLES, RACE, REBUILD, AUDIT, BATCHED)
 SKIPPED_WHEN_QUICK = frozenset({RACE})  # unless named with --only
+USES_POSTGRES = frozenset({GUARDED, REBUILD, AUDIT, BATCHED})  # with --pg; BATCHED only there
 
 TIME_UNIT = "us"
-RATE_UNITS = frozenset({"ops/s", "cycles/s", "jobs/s"})
+RATE_UNITS = frozenset({"ops/s", "cycles/s", "jobs/s", "events/s", "completions/s"})
 SANDBOX_SERVICE = "http://127.0.0.1:9"  # sample_input()'s session service; never contacted
 CANNED_BODY = '{"session_id":"s-bench","created":0}'
 ECHO_MODULE = PROJECT_ROOT / "tests" / "modules" / "echo.wat"
@@ -225,6 +247,13 @@ class Sizes:
     cycle_rounds: int
     cycle_baseline: int
     race_jobs: int
+    rebuild_events: int  # events in the log the rebuild replays (see BenchConfig.rebuild_events)
+    rebuild_rounds: int
+    audit_events: int  # events of the one job the audit timeline loads
+    audit_runs: int
+    batched_completions: int  # completions through complete_batch, in batches of BATCH_SIZE
+    single_completions: int  # completions one by one (the baseline)
+    batched_rounds: int
 
     def scaled(self, factor: float) -> Sizes:
         """Every count times ``factor``, at least 2 (rounds at least 1, batches at least 2)."""
@@ -248,6 +277,13 @@ QUICK = Sizes(
     cycle_rounds=2,
     cycle_baseline=150,
     race_jobs=100,
+    rebuild_events=10_000,
+    rebuild_rounds=2,
+    audit_events=2000,
+    audit_runs=10,
+    batched_completions=1000,
+    single_completions=300,
+    batched_rounds=2,
 )
 FULL = Sizes(
     completions_memory=6000,
@@ -262,19 +298,63 @@ FULL = Sizes(
     cycle_rounds=4,
     cycle_baseline=400,
     race_jobs=1000,
+    rebuild_events=100_000,
+    rebuild_rounds=3,
+    audit_events=10_000,
+    audit_runs=30,
+    batched_completions=4000,
+    single_completions=1000,
+    batched_rounds=4,
 )
+
+
+EVENTS_ENV = "SEQUENT_BENCH_EVENTS"
+LARGE_EVENTS = 1_000_000
+
+
+def events_from_env() -> int | None:
+    """``$SEQUENT_BENCH_EVENTS``: the rebuild's log size (``1000000``, ``1_000_000`` or
+    ``large``), overriding --quick and --scale for that measurement; unset: None."""
+    text = os.environ.get(EVENTS_ENV, "").strip().lower().replace("_", "").replace(",", "")
+    if not text:
+        return None
+    if text == "large":
+        return LARGE_EVENTS
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(
+            f"${EVENTS_ENV} must be a number of events or 'large', not {text!r}"
+        ) from None
+    if value < 1:
+        raise ValueError(f"${EVENTS_ENV} must be at least 1, not {value}")
+    return value
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     quick: bool = False
     scale: float = 1.0
-    pg_url: str | None = None  # adds the PostgreSQL backend to the completion measurement
+    pg_url: str | None = None  # adds the PostgreSQL backend to the store-bound measurements
+    # The rebuild's log size when set (1M: large=True); else the sizes' rebuild_events.
+    rebuild_events: int | None = field(default_factory=events_from_env)
+    large: bool = False
 
     @property
     def sizes(self) -> Sizes:
         base = QUICK if self.quick else FULL
         return base.scaled(self.scale) if self.scale != 1.0 else base
+
+    @property
+    def rebuild_event_count(self) -> int:
+        if self.rebuild_events is not None:
+            return self.rebuild_events
+        return LARGE_EVENTS if self.large else self.sizes.rebuild_events
+
+    @property
+    def backends(self) -> list[str]:
+        """The stores of the store-bound measurements: SQLite, and PostgreSQL with --pg."""
+        return ["sqlite", "postgresql"] if self.pg_url else ["sqlite"]
 
 
 def default_names(quick: bool) -> list[str]:
@@ -314,6 +394,9 @@ class Bench:
             SANDBOX: self.sandbox_overhead,
             CYCLES: self.job_cycles,
             RACE: self.race,
+            REBUILD: self.rebuild,
+            AUDIT: self.audit_timeline,
+            BATCHED: self.batched_completions,
         }
         for name in names:
             self.step(name)
@@ -349,6 +432,41 @@ class Bench:
     def race(self) -> list[Measurement]:
         return [measure_race(self.config.sizes.race_jobs, self.workdir, self.step)]
 
+    # -- 5. rebuild of job_status vs a raw scan of the log -----------------------------------
+
+    def rebuild(self) -> list[Measurement]:
+        events = self.config.rebuild_event_count
+        rounds = self.config.sizes.rebuild_rounds if events <= 200_000 else 1
+        results = []
+        for backend in self.config.backends:
+            self.step(f"{REBUILD} [{backend}]")
+            with scratch_store(backend, self.workdir, self.config.pg_url, "rebuild") as store:
+                results.append(measure_rebuild(backend, store, events, rounds, self.step))
+        return results
+
+    # -- 6. the audit timeline of one long job -----------------------------------------------
+
+    def audit_timeline(self) -> list[Measurement]:
+        sizes = self.config.sizes
+        results = []
+        for backend in self.config.backends:
+            self.step(f"{AUDIT} [{backend}]")
+            with scratch_store(backend, self.workdir, self.config.pg_url, "audit") as store:
+                results.append(
+                    measure_audit(backend, store, sizes.audit_events, sizes.audit_runs, self.step)
+                )
+        return results
+
+    # -- 7. batched (group-commit) completions on PostgreSQL ---------------------------------
+
+    def batched_completions(self) -> list[Measurement]:
+        if not self.config.pg_url:
+            self.step(f"{BATCHED}: skipped (PostgreSQL only: give --pg URL)")
+            return []
+        self.step(f"{BATCHED} [postgresql]")
+        with scratch_store("postgresql", self.workdir, self.config.pg_url, "batched") as store:
+            return [measure_batched(store, self.config.sizes, self.step)]
+
 
 def run_bench(
     names: Sequence[str] | None = None,
@@ -358,7 +476,7 @@ def run_bench(
     """Runs the named measurements (default: the suite, less the race when quick)."""
     config = config or BenchConfig()
     chosen = list(names) if names is not None else default_names(config.quick)
-    if config.pg_url and GUARDED in chosen:
+    if config.pg_url and USES_POSTGRES.intersection(chosen):
         parse_store_url(config.pg_url).prepare()  # an unusable server fails before any work
     workdir = Path(tempfile.mkdtemp(prefix="sequent-bench-"))
     try:
@@ -968,3 +1086,550 @@ def time_to_running(url: str) -> Timings:
         if job_id in created:
             timings.add(int((finished - created[job_id]).total_seconds() * 1e9))
     return timings
+
+
+# == stores of the store-bound measurements (5-7) ============================================
+
+
+@dataclass(frozen=True)
+class ScratchStore:
+    """A throwaway store: its URL and the env its configuration derives (SQLite file path,
+    PostgreSQL connection and schema), for reading its tables without the library."""
+
+    backend: str
+    url: str
+    env: dict[str, str]
+
+
+@contextmanager
+def scratch_store(
+    backend: str, workdir: Path, pg_url: str | None, label: str
+) -> Iterator[ScratchStore]:
+    """A new SQLite file under ``workdir``, or a temporary PostgreSQL schema dropped after."""
+    if backend == "sqlite":
+        folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=workdir))
+        url = f"sqlite:///{folder / f'{label}.db'}"
+        yield ScratchStore(backend, url, parse_store_url(url).env)
+        return
+    assert pg_url is not None
+    url, schema = with_temporary_schema(pg_url)
+    config = parse_store_url(url)
+    config.prepare()
+    try:
+        yield ScratchStore(backend, url, config.env)
+    finally:
+        drop_schema(config.env, schema)
+
+
+# == 5. rebuild of job_status vs a raw scan ==================================================
+
+EVENTS_PER_JOB = 100  # Created, Submitted, SessionSpawned and progress; 3 invocation events
+RUNNING_AT_ONCE = 500  # jobs whose progress interleaves in the log
+PUT_EVENTS = 5000  # events per transaction while filling the log
+SCAN_PAGE = 5000  # rows per page of both raw scans (the rebuild's batch size too)
+REBUILD_RATE_TARGET = 100_000.0  # events/s on SQLite (DESIGN.md §7)
+RSS_TARGET_MB = 200.0  # peak RSS rebuilding LARGE_EVENTS events
+
+
+@dataclass(frozen=True)
+class FilledLog:
+    jobs: int
+    job_events: int
+    invocation_events: int
+    seconds: float
+
+    @property
+    def events(self) -> int:
+        return self.job_events + self.invocation_events
+
+
+def fill_log(svc: CurationService, events: int) -> FilledLog:
+    """``events`` (at least 6) real domain events in ``svc``'s store, quickly: jobs of about
+    EVENTS_PER_JOB events each (Created, Submitted, SessionSpawned, then ProgressRecorded; their
+    invocations Started, Finished, Applied), built by the aggregates' own commands as
+    CurationService would (``complete`` = ``_decide``'s steps) and put straight into the
+    service's event store PUT_EVENTS at a time, RUNNING_AT_ONCE jobs' progress interleaved
+    round-robin in the log as concurrent runs would leave it. No snapshots are taken (a rebuild
+    reads only the log)."""
+    started = time.perf_counter()
+    jobs = max(1, events // EVENTS_PER_JOB)
+    progress = max(0, events - 6 * jobs)
+    pending: list[Any] = []
+    job_events = invocation_events = 0
+
+    def put(force: bool = False) -> None:
+        nonlocal pending
+        if pending and (force or len(pending) >= PUT_EVENTS):
+            svc.events.put(pending)
+            pending = []
+
+    create = TRANSITIONS["Create"]
+    submit = TRANSITIONS["Submit"].validate(None)
+    for first in range(0, jobs, RUNNING_AT_ONCE):
+        group = range(first, min(first + RUNNING_AT_ONCE, jobs))
+        running: list[tuple[CurationJob, int]] = []
+        for index in group:
+            job = CurationJob(
+                **create.validate({"spec": {"target": f"https://bench.example/{index}"}})
+            )
+            job.perform("Submit", submit)
+            invocation = svc._start_invocation(job)
+            spawned = completion_values("SessionSpawned", {"session_id": f"s-{index}"})
+            job.perform("SessionSpawned", spawned, invocation_id=invocation.id)
+            invocation.record("SessionSpawned", spawned, Applied(invocation.id, job.version))
+            own, theirs = job.collect_events(), invocation.collect_events()
+            pending += [*own, *theirs]
+            job_events += len(own)
+            invocation_events += len(theirs)
+            quota = progress // jobs + (1 if index < progress % jobs else 0)
+            running.append((job, quota))
+        for step in range(max((q for _, q in running), default=0)):
+            for job, quota in running:
+                if step < quota:
+                    job.record_progress({"step": step, "note": f"fetched page {step}"})
+                    pending += job.collect_events()
+                    job_events += 1
+            put()
+        put()
+    put(force=True)
+    return FilledLog(jobs, job_events, invocation_events, time.perf_counter() - started)
+
+
+def library_scan(svc: CurationService) -> int:
+    """Every notification, through the recorder's ``select_notifications`` in pages."""
+    rows, position = 0, 0
+    while True:
+        page = svc.recorder.select_notifications(
+            start=position, limit=SCAN_PAGE, inclusive_of_start=False
+        )
+        rows += len(page)
+        if len(page) < SCAN_PAGE:
+            return rows
+        position = page[-1].id
+
+
+def events_table(svc: CurationService) -> str:
+    recorder = svc.recorder
+    if isinstance(recorder, SQLiteApplicationRecorder | PostgresApplicationRecorder):
+        return recorder.events_table_name
+    raise TypeError(f"no notification table to scan in a {type(recorder).__name__}")
+
+
+def bare_cursor_scan(store: ScratchStore, table: str) -> int:
+    """Every row of the notification table (the columns a rebuild reads), through a bare
+    driver cursor: sqlite3 on the file, or a psycopg server-side cursor; fetched in pages."""
+    if store.backend == "sqlite":
+        return _sqlite_scan(store.env["SQLITE_DBNAME"], table)
+    return _postgres_scan(store.env, table)
+
+
+def _sqlite_scan(path: str, table: str) -> int:
+    rows = 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        cursor = conn.execute(
+            "SELECT rowid, originator_id, originator_version, topic, state "
+            f'FROM "{table}" ORDER BY rowid'
+        )
+        while page := cursor.fetchmany(SCAN_PAGE):
+            rows += len(page)
+    finally:
+        conn.close()
+    return rows
+
+
+def _postgres_scan(env: dict[str, str], table: str) -> int:
+    rows = 0
+    query = sql.SQL(
+        "SELECT notification_id, originator_id, originator_version, topic, state "
+        "FROM {}.{} ORDER BY notification_id"
+    ).format(sql.Identifier(env["POSTGRES_SCHEMA"]), sql.Identifier(table))
+    with (
+        psycopg.connect(postgres_conninfo(env)) as conn,
+        conn.cursor(name="sequent_bench_scan") as cursor,
+    ):
+        cursor.itersize = SCAN_PAGE
+        cursor.execute(query)
+        while page := cursor.fetchmany(SCAN_PAGE):
+            rows += len(page)
+    return rows
+
+
+# Run as ``python -c _RSS_CHILD URL``: only what a rebuild imports, so its peak RSS is the
+# rebuild's and not the benchmark's (wasmtime, anyio...).
+_RSS_CHILD = """
+import json, resource, sys, time
+from projections.runner import Projections
+
+def status_kb(key):
+    with open("/proc/self/status") as lines:
+        for line in lines:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+with Projections.open(sys.argv[1]) as projections:
+    before = status_kb("VmRSS")
+    started = time.perf_counter()
+    report = projections.rebuild("job_status", progress=False)
+    seconds = time.perf_counter() - started
+print(json.dumps({
+    "events": report.events,
+    "seconds": seconds,
+    "equal": report.equal,
+    "rss_before_rebuild_kb": before,
+    "vmhwm_kb": status_kb("VmHWM"),
+    "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+}))
+"""
+
+
+def rebuild_in_child(url: str) -> dict[str, Any]:
+    """Rebuilds job_status in a fresh interpreter and returns its peak RSS (VmHWM and
+    ru_maxrss, in MB) with the rebuild's events and seconds."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *sys.path[1:]])}
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, url],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=1800, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"the rebuild subprocess failed ({done.returncode}): {last}")
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    mb = {k.removesuffix("_kb") + "_mb": v / 1024 for k, v in figures.items() if k.endswith("_kb")}
+    return {
+        "events": figures["events"],
+        "seconds": figures["seconds"],
+        "events_per_s": figures["events"] / figures["seconds"] if figures["seconds"] else 0.0,
+        "checksums_equal": figures["equal"],
+        **mb,
+    }
+
+
+def measure_rebuild(
+    backend: str, store: ScratchStore, events: int, rounds: int, step: Step
+) -> Measurement:
+    load = load_average()
+    svc = CurationService.open(store.url)
+    table = events_table(svc)
+    rebuilt, library, bare = Timings(), Timings(), Timings()  # one sample per pass
+    batches = Timings()
+    counts: dict[str, int] = {"rebuild": 0, "library": 0, "bare": 0}
+    equal: list[bool] = []
+    try:
+        step(f"{REBUILD} [{backend}]: writing {events:,} events")
+        filled = fill_log(svc, events)
+        projections = Projections(svc)
+        step(f"{REBUILD} [{backend}]: catching the live views up")
+        projections.catch_up()  # the live view at the head: rebuild's own catch-up is a no-op
+        library_scan(svc)  # warm-up: the log in the page cache for both scans
+        bare_cursor_scan(store, table)
+        last = [0]
+
+        def progress(position: int, head: int) -> None:
+            now = time.perf_counter_ns()
+            if position:  # each call after the first closes one batch (the last: the swap)
+                batches.add(now - last[0])
+            last[0] = now
+
+        def rebuild() -> None:
+            started = time.perf_counter_ns()
+            report = projections.rebuild("job_status", progress=progress)
+            rebuilt.add(time.perf_counter_ns() - started)
+            counts["rebuild"] += report.events
+            equal.append(report.equal)
+
+        def scan_library() -> None:
+            started = time.perf_counter_ns()
+            counts["library"] += library_scan(svc)
+            library.add(time.perf_counter_ns() - started)
+
+        def scan_bare() -> None:
+            started = time.perf_counter_ns()
+            counts["bare"] += bare_cursor_scan(store, table)
+            bare.add(time.perf_counter_ns() - started)
+
+        passes: list[Callable[[], None]] = [rebuild, scan_library, scan_bare]
+        for r in range(rounds):  # interleaved, in a rotating order
+            step(f"{REBUILD} [{backend}]: round {r + 1} of {rounds}")
+            for run in passes[r % 3 :] + passes[: r % 3]:
+                gc.collect()
+                run()
+        projections.close()
+    finally:
+        svc.close()
+    step(f"{REBUILD} [{backend}]: peak RSS, in a subprocess")
+    child = rebuild_in_child(store.url)
+    value = counts["rebuild"] / rebuilt.seconds
+    library_rate = counts["library"] / library.seconds
+    bare_rate = counts["bare"] / bare.seconds
+    rate_target = REBUILD_RATE_TARGET if backend == "sqlite" else None
+    peak = float(child["vmhwm_mb"])
+    return Measurement(
+        name=REBUILD,
+        backend=backend,
+        unit="events/s",
+        value=value,
+        baseline=library_rate,
+        n=counts["rebuild"],
+        p50=batches.percentile_us(0.5),
+        p99=batches.percentile_us(0.99),
+        target=Target(0.5, "ratio", ">="),
+        notes=(
+            f"value: events/s of Projections.rebuild('job_status') (shadow tables, replay, swap "
+            f"with both checksums; the live view already at the head) over a log of "
+            f"{filled.events:,} real domain events ({filled.jobs:,} jobs of about "
+            f"{EVENTS_PER_JOB}, {min(RUNNING_AT_ONCE, filled.jobs)} running at once, progress "
+            "interleaved), counting the "
+            "job events it replays; baseline: rows/s of a raw scan of the whole notification "
+            f"table through the library's recorder.select_notifications in pages of {SCAN_PAGE} "
+            "(ratio = value / baseline). The same table scanned by a bare driver cursor "
+            "(sqlite3 / psycopg server-side) is the second baseline: "
+            "details.ratio_vs_bare_cursor_scan. Interleaved in rotating rounds. "
+            "p50/p99: per rebuild batch (the last sample is the swap). details.peak_rss: the "
+            "same rebuild in a fresh interpreter importing only projections.runner "
+            f"(target <= {RSS_TARGET_MB:g} MB at {LARGE_EVENTS:,} events; "
+            f"${EVENTS_ENV}=1000000 for that size). Targets: ratio >= 0.5 (meets), and on SQLite "
+            f">= {REBUILD_RATE_TARGET:,.0f} events/s (details.events_per_s_meets)."
+        ),
+        details={
+            "loadavg_1m": load,
+            "events_in_log": filled.events,
+            "job_events": filled.job_events,
+            "invocation_events": filled.invocation_events,
+            "jobs": filled.jobs,
+            "fill_seconds": round(filled.seconds, 3),
+            "rounds": rounds,
+            "rebuild_seconds_per_round": rebuilt.seconds / rebuilt.n,
+            "checksums_equal": all(equal),
+            "library_scan": {
+                "rows_per_s": library_rate,
+                "seconds_per_scan": library.seconds / library.n,
+            },
+            "bare_cursor_scan": {
+                "rows_per_s": bare_rate,
+                "seconds_per_scan": bare.seconds / bare.n,
+            },
+            "ratio_vs_library_scan": value / library_rate,
+            "ratio_vs_bare_cursor_scan": value / bare_rate,
+            "log_notifications_per_s": filled.events * rebuilt.n / rebuilt.seconds,
+            "events_per_s_target": rate_target,
+            "events_per_s_meets": None if rate_target is None else value >= rate_target,
+            "batch": {"size": REBUILD_BATCH, **batches.summary()},
+            "peak_rss": child,  # vmhwm_mb is the figure; ru_maxrss may count the fork
+            "rss_target_mb": RSS_TARGET_MB,
+            "rss_target_at_events": LARGE_EVENTS,
+            "rss_target_applies": filled.events >= LARGE_EVENTS,
+            "rss_meets": peak <= RSS_TARGET_MB,
+        },
+    )
+
+
+# == 6. the audit timeline of a long job =====================================================
+
+AUDIT_TARGET_US = 50_000.0  # 50 ms
+AUDIT_SAVE_EVENTS = 500  # progress events per save while writing the job
+
+
+def long_job(svc: CurationService, events: int) -> UUID:
+    """One job of ``events`` events through the service: create, submit, SessionSpawned (a
+    guarded completion), then ProgressRecorded saved AUDIT_SAVE_EVENTS at a time by
+    ``svc.save``, which takes the service's snapshots (every SNAPSHOT_INTERVAL versions)."""
+    job_id = svc.create_job({"target": "https://bench.example/long"})
+    dispatch = svc.submit(job_id)
+    svc.complete(dispatch, "SessionSpawned", {"session_id": "s-long"})
+    job: CurationJob = svc.repository.get(job_id)
+    step = 0
+    while job.version < events:
+        for _ in range(min(AUDIT_SAVE_EVENTS, events - job.version)):
+            job.record_progress({"step": step, "note": f"fetched page {step}"})
+            step += 1
+        svc.save(job)
+    return job_id
+
+
+def measure_audit(
+    backend: str, store: ScratchStore, events: int, runs: int, step: Step
+) -> Measurement:
+    load = load_average()
+    svc = CurationService.open(store.url)
+    total, loads, states, baseline = Timings(), Timings(), Timings(), Timings()
+    try:
+        step(f"{AUDIT} [{backend}]: writing a job of {events:,} events")
+        job_id = long_job(svc, max(4, events))
+        snapshots = len(svc.snapshots.recorder.select_events(job_id)) if svc.snapshots else 0
+
+        def timeline() -> None:
+            t0 = time.perf_counter_ns()
+            loaded = Timeline.load(svc, job_id)
+            t1 = time.perf_counter_ns()
+            loaded.state_at(loaded.version)
+            t2 = time.perf_counter_ns()
+            loads.add(t1 - t0)
+            states.add(t2 - t1)
+            total.add(t2 - t0)
+
+        def bare() -> None:
+            timed(lambda: list(svc.events.get(job_id)), baseline)
+
+        job_events = len(list(svc.events.get(job_id)))
+        warmup = max(2, runs // 10)
+        for _ in range(warmup):
+            timeline()
+            bare()
+        for timings in (total, loads, states, baseline):
+            timings.ns.clear()
+        step(f"{AUDIT} [{backend}]: {runs} loads")
+        for index in range(runs):  # alternating which goes first
+            for run in (timeline, bare) if index % 2 == 0 else (bare, timeline):
+                run()
+    finally:
+        svc.close()
+    return Measurement(
+        name=AUDIT,
+        backend=backend,
+        unit=TIME_UNIT,
+        value=total.percentile_us(0.5),
+        baseline=baseline.percentile_us(0.5),
+        n=total.n,
+        p50=total.percentile_us(0.5),
+        p99=total.percentile_us(0.99),
+        target=Target(AUDIT_TARGET_US, "value", "<="),
+        notes=(
+            f"value: p50 of Timeline.load(svc, job_id) + state_at(latest) (what `sequent audit` "
+            f"reads) for one job of {job_events:,} events (create, submit, SessionSpawned, "
+            f"progress), snapshotted every {SNAPSHOT_INTERVAL} versions by the service, in "
+            "a store holding nothing else; baseline: p50 of a bare list(svc.events.get(job_id)) "
+            "(every event of the job read and decoded). ratio = baseline / value. In us: "
+            f"the target is {AUDIT_TARGET_US / 1e3:g} ms = {AUDIT_TARGET_US:,.0f} us."
+        ),
+        details={
+            "loadavg_1m": load,
+            "job_events": job_events,
+            "snapshots": snapshots,
+            "warmup": warmup,
+            "p50_ms": total.percentile_us(0.5) / 1e3,
+            "baseline_p50_ms": baseline.percentile_us(0.5) / 1e3,
+            "breakdown": {
+                "timeline_load": loads.summary(),
+                "state_at_latest": states.summary(),
+                "total": total.summary(),
+                "bare_events_get": baseline.summary(),
+            },
+        },
+    )
+
+
+# == 7. batched completions on PostgreSQL ====================================================
+
+BATCH_SIZE = 200
+BATCHED_TARGET = 5000.0  # completions/s
+PREPARE_CHUNK = 200  # jobs (with their invocations) per save while preparing
+
+
+def submitted_dispatches(svc: CurationService, n: int) -> list[Dispatch]:
+    """n submitted jobs, as create_job + submit would leave them (Created, Submitted; the
+    invocation Started), saved PREPARE_CHUNK jobs per transaction."""
+    create = TRANSITIONS["Create"]
+    submit = TRANSITIONS["Submit"].validate(None)
+    dispatches: list[Dispatch] = []
+    for first in range(0, n, PREPARE_CHUNK):
+        aggregates: list[CurationJob | Invocation] = []
+        for index in range(first, min(first + PREPARE_CHUNK, n)):
+            job = CurationJob(
+                **create.validate({"spec": {"target": f"https://bench.example/{index}"}})
+            )
+            job.perform("Submit", submit)
+            invocation = svc._start_invocation(job)
+            aggregates += [job, invocation]
+            dispatches.append(
+                Dispatch(job.id, invocation.id, invocation.expected_version, job.attempt)
+            )
+        svc.save(*aggregates)
+    return dispatches
+
+
+def measure_batched(store: ScratchStore, sizes: Sizes, step: Step) -> Measurement:
+    load = load_average()
+    n_batched, n_single = sizes.batched_completions, sizes.single_completions
+    warmup = max(2, min(BATCH_SIZE, n_batched // 10))
+    svc = CurationService.open(store.url)
+    batched, single = Timings(), Timings()  # per complete_batch call; per complete call
+    verdicts: Counter[str] = Counter()
+    try:
+        step(f"{BATCHED} [postgresql]: submitting {n_batched + n_single + 2 * warmup:,} jobs")
+        dispatches = submitted_dispatches(svc, n_batched + n_single + 2 * warmup)
+        warm, rest = dispatches[: 2 * warmup], dispatches[2 * warmup :]
+        to_batch, to_single = rest[:n_batched], rest[n_batched:]
+
+        def completion(d: Dispatch) -> tuple[Dispatch, str, dict[str, Any]]:
+            return d, "SessionSpawned", {"session_id": f"s-{d.job_id}"}
+
+        def complete_batch(chunk: Sequence[Dispatch], into: Timings | None) -> None:
+            started = time.perf_counter_ns()
+            outcome = svc.complete_batch([completion(d) for d in chunk])
+            if into is not None:
+                into.add(time.perf_counter_ns() - started)
+            verdicts.update(type(v).__name__ for v in outcome)
+
+        def complete_one(d: Dispatch, into: Timings | None) -> None:
+            started = time.perf_counter_ns()
+            verdict = svc.complete(*completion(d))
+            if into is not None:
+                into.add(time.perf_counter_ns() - started)
+            verdicts[type(verdict).__name__] += 1
+
+        complete_batch(warm[:warmup], None)
+        for d in warm[warmup:]:
+            complete_one(d, None)
+        verdicts.clear()
+        rounds = max(1, sizes.batched_rounds)
+        chunks = [to_batch[i : i + BATCH_SIZE] for i in range(0, len(to_batch), BATCH_SIZE)]
+
+        def batched_round(r: int) -> None:
+            for chunk in chunks[r::rounds]:
+                complete_batch(chunk, batched)
+
+        def single_round(r: int) -> None:
+            for d in to_single[r::rounds]:
+                complete_one(d, single)
+
+        loops: list[Callable[[int], None]] = [batched_round, single_round]
+        for r in range(rounds):  # interleaved, alternating which goes first
+            step(f"{BATCHED} [postgresql]: round {r + 1} of {rounds}")
+            for loop in loops[r % 2 :] + loops[: r % 2]:
+                loop(r)
+    finally:
+        svc.close()
+    value = len(to_batch) / batched.seconds
+    baseline = single.rate()
+    return Measurement(
+        name=BATCHED,
+        backend="postgresql",
+        unit="completions/s",
+        value=value,
+        baseline=baseline,
+        n=len(to_batch),
+        p50=batched.percentile_us(0.5),
+        p99=batched.percentile_us(0.99),
+        target=Target(BATCHED_TARGET, "value", ">="),
+        notes=(
+            f"value: guarded completions/s through svc.complete_batch, {BATCH_SIZE} submitted "
+            "dispatches per call (each decided in order, all saved in one transaction: group "
+            "commit), on PostgreSQL; baseline: the same completions one by one through "
+            "svc.complete (one transaction each). Interleaved in rounds. p50/p99: one "
+            f"complete_batch call of {BATCH_SIZE}. Jobs prepared as create_job + submit leave "
+            f"them, {PREPARE_CHUNK} per transaction."
+        ),
+        details={
+            "loadavg_1m": load,
+            "batch_size": BATCH_SIZE,
+            "batches": batched.n,
+            "rounds": rounds,
+            "warmup": warmup,
+            "verdicts": dict(verdicts),
+            "per_completion_us_batched": batched.seconds / len(to_batch) * 1e6,
+            "one_by_one": single.summary(),
+            "speedup": value / baseline if baseline else math.inf,
+        },
+    )

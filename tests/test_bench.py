@@ -27,7 +27,9 @@ QUICK_SUITE = [
     (bench.GUARDED, "sqlite"),
     (bench.SANDBOX, None),
     (bench.CYCLES, None),
-]
+    (bench.REBUILD, "sqlite"),
+    (bench.AUDIT, "sqlite"),
+]  # BATCHED is PostgreSQL only: nothing without --pg
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -94,6 +96,8 @@ def test_meets_follows_target(quick_results: list[dict[str, Any]]) -> None:
         bench.GUARDED: ("ratio", ">=", 0.7),
         bench.SANDBOX: ("value", "<=", 200.0),
         bench.CYCLES: ("value", ">=", 1000.0),
+        bench.REBUILD: ("ratio", ">=", 0.5),
+        bench.AUDIT: ("value", "<=", 50_000.0),  # 50 ms, in us
     }
 
 
@@ -111,6 +115,71 @@ def test_job_cycles_all_applied(quick_results: list[dict[str, Any]]) -> None:
     cycles = next(m for m in quick_results if m["name"] == bench.CYCLES)
     assert cycles["details"]["applied"] == cycles["n"]
     assert cycles["details"]["dispatch_errors"] == 0
+
+
+def test_rebuild_reports_both_scans_and_peak_rss(quick_results: list[dict[str, Any]]) -> None:
+    m = next(m for m in quick_results if m["name"] == bench.REBUILD)
+    details = m["details"]
+    assert m["unit"] == "events/s"
+    assert m["baseline"] == pytest.approx(details["library_scan"]["rows_per_s"])
+    assert details["ratio_vs_library_scan"] == pytest.approx(m["ratio"])
+    bare = details["bare_cursor_scan"]["rows_per_s"]
+    assert bare > 0
+    assert details["ratio_vs_bare_cursor_scan"] == pytest.approx(m["value"] / bare)
+    assert details["events_in_log"] == details["job_events"] + details["invocation_events"]
+    assert m["n"] == details["job_events"] * details["rounds"]  # every job event, each round
+    assert details["checksums_equal"] is True
+    assert details["events_per_s_target"] == 100_000.0  # SQLite
+    assert details["events_per_s_meets"] is (m["value"] >= 100_000.0)
+    rss = details["peak_rss"]
+    assert rss["events"] == details["job_events"]
+    assert rss["checksums_equal"] is True
+    assert rss["rss_before_rebuild_mb"] > 0  # the kernel's RSS counters lag: no <= VmHWM
+    assert rss["vmhwm_mb"] > 0
+    assert details["rss_meets"] is (rss["vmhwm_mb"] <= details["rss_target_mb"] == 200.0)
+    assert details["rss_target_applies"] is False  # a tiny log, not 1M events
+
+
+def test_audit_timeline_is_p50_against_a_bare_read(quick_results: list[dict[str, Any]]) -> None:
+    m = next(m for m in quick_results if m["name"] == bench.AUDIT)
+    details = m["details"]
+    assert m["unit"] == bench.TIME_UNIT
+    assert m["value"] == m["p50"] == details["breakdown"]["total"]["p50"]
+    assert m["baseline"] == details["breakdown"]["bare_events_get"]["p50"]
+    assert details["p50_ms"] == pytest.approx(m["value"] / 1e3)
+    assert details["job_events"] >= 4  # Created, Submitted, SessionSpawned, progress
+    assert details["snapshots"] == details["job_events"] // 100
+
+
+def test_batched_completions_need_postgres() -> None:
+    code, out, err = run("--quick", "--json", "--scale", TINY, "--only", bench.BATCHED)
+    assert code == 0, err
+    assert json.loads(out) == []
+
+
+def test_fill_log_writes_exactly_that_many_events() -> None:
+    svc = CurationService.open("memory://")
+    try:
+        filled = bench.fill_log(svc, 1234)
+        assert filled.events == 1234 == svc.recorder.max_notification_id()
+        assert filled.jobs == 12
+        assert filled.invocation_events == 3 * 12
+    finally:
+        svc.close()
+
+
+def test_rebuild_size_from_config_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(bench.EVENTS_ENV, raising=False)
+    assert bench.BenchConfig().rebuild_event_count == 100_000
+    assert bench.BenchConfig(quick=True).rebuild_event_count == 10_000
+    assert bench.BenchConfig(large=True).rebuild_event_count == 1_000_000
+    for text, events in (("1000000", 1_000_000), ("1_000_000", 1_000_000), ("large", 1_000_000),
+                         ("5000", 5000)):  # fmt: skip
+        monkeypatch.setenv(bench.EVENTS_ENV, text)
+        assert bench.BenchConfig(quick=True).rebuild_event_count == events
+    monkeypatch.setenv(bench.EVENTS_ENV, "lots")
+    with pytest.raises(ValueError, match=bench.EVENTS_ENV):
+        bench.BenchConfig()
 
 
 def test_only_selects() -> None:
@@ -227,3 +296,33 @@ def test_postgres_backend_in_a_schema_it_drops(
     assert code == 0, err
     assert [m["backend"] for m in json.loads(out)] == ["memory", "sqlite", "postgresql"]
     assert bench_schemas() == before
+
+
+@pytest.mark.postgres
+def test_store_bound_measurements_on_postgres(
+    pg_server: str, request: pytest.FixtureRequest
+) -> None:
+    request.node.user_properties.append(("store", "postgres"))
+    names = f"{bench.REBUILD},{bench.AUDIT},{bench.BATCHED}"
+    code, out, err = run("--quick", "--json", "--scale", "0.01", "--only", names, "--pg", pg_server)
+    assert code == 0, err
+    results = json.loads(out)
+    assert [(m["name"], m["backend"]) for m in results] == [
+        (bench.REBUILD, "sqlite"),
+        (bench.REBUILD, "postgresql"),
+        (bench.AUDIT, "sqlite"),
+        (bench.AUDIT, "postgresql"),
+        (bench.BATCHED, "postgresql"),
+    ]
+    rebuild_pg = results[1]
+    assert rebuild_pg["details"]["events_per_s_target"] is None  # 100k/s is SQLite's target
+    batched = results[-1]
+    assert (batched["unit"], batched["target_on"], batched["target"]) == (
+        "completions/s",
+        "value",
+        5000.0,
+    )
+    assert batched["meets"] is (batched["value"] >= 5000.0)
+    assert batched["ratio"] == pytest.approx(batched["value"] / batched["baseline"])
+    applied = batched["n"] + batched["details"]["one_by_one"]["n"]
+    assert batched["details"]["verdicts"] == {"Applied": applied}
