@@ -25,8 +25,8 @@ afterwards): a benchmark never writes into the store you work with.
 The store-bound measurements (the completion path, the rebuild, the audit timeline) run on SQLite
 (the completion path also in memory) and, given a PostgreSQL URL, on PostgreSQL too; the batched
 completions run on PostgreSQL only and are left out without one. The rebuild's log holds 100k
-events (10k with --quick, times --scale); ``$SEQUENT_BENCH_EVENTS`` (a number, or ``large`` for
-1M) sets it outright, as does ``BenchConfig(rebuild_events=...)`` or ``BenchConfig(large=True)``.
+events (10k with --quick, times --scale); ``--events N`` (``BenchConfig(rebuild_events=N)``)
+sets it outright, e.g. 1,000,000 for the peak-RSS target.
 """
 
 from __future__ import annotations
@@ -308,27 +308,7 @@ FULL = Sizes(
 )
 
 
-EVENTS_ENV = "SEQUENT_BENCH_EVENTS"
 LARGE_EVENTS = 1_000_000
-
-
-def events_from_env() -> int | None:
-    """``$SEQUENT_BENCH_EVENTS``: the rebuild's log size (``1000000``, ``1_000_000`` or
-    ``large``), overriding --quick and --scale for that measurement; unset: None."""
-    text = os.environ.get(EVENTS_ENV, "").strip().lower().replace("_", "").replace(",", "")
-    if not text:
-        return None
-    if text == "large":
-        return LARGE_EVENTS
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(
-            f"${EVENTS_ENV} must be a number of events or 'large', not {text!r}"
-        ) from None
-    if value < 1:
-        raise ValueError(f"${EVENTS_ENV} must be at least 1, not {value}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -336,9 +316,8 @@ class BenchConfig:
     quick: bool = False
     scale: float = 1.0
     pg_url: str | None = None  # adds the PostgreSQL backend to the store-bound measurements
-    # The rebuild's log size when set (1M: large=True); else the sizes' rebuild_events.
-    rebuild_events: int | None = field(default_factory=events_from_env)
-    large: bool = False
+    # The rebuild's log size when set (``sequent bench --events N``); else the sizes' own.
+    rebuild_events: int | None = None
 
     @property
     def sizes(self) -> Sizes:
@@ -349,7 +328,7 @@ class BenchConfig:
     def rebuild_event_count(self) -> int:
         if self.rebuild_events is not None:
             return self.rebuild_events
-        return LARGE_EVENTS if self.large else self.sizes.rebuild_events
+        return self.sizes.rebuild_events
 
     @property
     def backends(self) -> list[str]:
@@ -1389,7 +1368,7 @@ def measure_rebuild(
             "p50/p99: per rebuild batch (the last sample is the swap). details.peak_rss: the "
             "same rebuild in a fresh interpreter importing only projections.runner "
             f"(target <= {RSS_TARGET_MB:g} MB at {LARGE_EVENTS:,} events; "
-            f"${EVENTS_ENV}=1000000 for that size). Targets: ratio >= 0.5 (meets), and on SQLite "
+            f"--events {LARGE_EVENTS} for that size). Targets: ratio >= 0.5 (meets), and on SQLite "
             f">= {REBUILD_RATE_TARGET:,.0f} events/s (details.events_per_s_meets)."
         ),
         details={

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,7 +34,13 @@ from scripts.bench import (
     parse_names,
     run_bench,
 )
-from scripts.output import EXIT_OK, OneLineParser, console, print_json, reporting_errors
+from scripts.output import (
+    EXIT_OK,
+    OneLineParser,
+    console,
+    positive_int,
+    print_json,
+)
 
 Args = argparse.Namespace
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -67,7 +72,9 @@ def pg_url_of(args: Args) -> str | None:
 
 
 def run_bench_command(args: Args) -> int:
-    config = BenchConfig(quick=args.quick, scale=args.scale, pg_url=pg_url_of(args))
+    config = BenchConfig(
+        quick=args.quick, scale=args.scale, pg_url=pg_url_of(args), rebuild_events=args.events
+    )
     names = args.only or default_names(args.quick)
     with progress_bar(len(names)) as step:
         results = run_bench(names, config, step)
@@ -220,26 +227,15 @@ def add_bench_commands(sub: Any, common: OneLineParser) -> None:
         metavar="F",
         help="multiply every n by F (e.g. 0.05 for a smoke run)",
     )
+    bench.add_argument(
+        "--events",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="events in the rebuild's log (default 100,000; 10,000 with --quick); "
+        "1000000 checks the peak-RSS target",
+    )
     bench.set_defaults(command="bench")
 
 
 HANDLERS: dict[str, Callable[[Args], int]] = {"bench": run_bench_command}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scripts.bench_commands bench …``: the command with cli.py's common options."""
-    # Deferred: cli.py imports this module, so importing cli at the top would be circular.
-    from scripts.cli import common_options  # noqa: PLC0415
-
-    def body() -> int:
-        parser = OneLineParser(prog="sequent", parents=[common_options(suppress=False)])
-        sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-        add_bench_commands(sub, common_options(suppress=True))
-        args = parser.parse_args(argv)
-        return HANDLERS[args.command](args)
-
-    return reporting_errors(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from domain import CurationService
-from scripts import bench, bench_commands, cli
+from scripts import bench, cli
 
 TINY = "0.02"
 REQUIRED = {"name", "unit", "value", "baseline", "ratio", "target", "meets", "n", "p50", "p99",
@@ -35,7 +35,7 @@ QUICK_SUITE = [
 def run(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = bench_commands.main(["bench", *argv])
+        code = cli.main(["bench", *argv])
     return code, out.getvalue(), err.getvalue()
 
 
@@ -168,18 +168,12 @@ def test_fill_log_writes_exactly_that_many_events() -> None:
         svc.close()
 
 
-def test_rebuild_size_from_config_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(bench.EVENTS_ENV, raising=False)
+def test_rebuild_size_from_config_and_the_events_flag() -> None:
     assert bench.BenchConfig().rebuild_event_count == 100_000
     assert bench.BenchConfig(quick=True).rebuild_event_count == 10_000
-    assert bench.BenchConfig(large=True).rebuild_event_count == 1_000_000
-    for text, events in (("1000000", 1_000_000), ("1_000_000", 1_000_000), ("large", 1_000_000),
-                         ("5000", 5000)):  # fmt: skip
-        monkeypatch.setenv(bench.EVENTS_ENV, text)
-        assert bench.BenchConfig(quick=True).rebuild_event_count == events
-    monkeypatch.setenv(bench.EVENTS_ENV, "lots")
-    with pytest.raises(ValueError, match=bench.EVENTS_ENV):
-        bench.BenchConfig()
+    assert bench.BenchConfig(quick=True, rebuild_events=5000).rebuild_event_count == 5000
+    args = cli.build_parser().parse_args(["bench", "--quick", "--events", "1000000"])
+    assert args.events == 1_000_000
 
 
 def test_only_selects() -> None:
@@ -211,7 +205,6 @@ def test_table_for_people() -> None:
     assert "cedar_check_in_run" in out
 
 
-@pytest.mark.skipif("bench" not in cli.HANDLERS, reason="not listed in scripts/cli.py yet")
 def test_wired_into_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--only", "nope"]) != 0
     assert len(capsys.readouterr().err.splitlines()) == 1
