@@ -372,13 +372,14 @@ class Runtime:
             max_response_bytes=limits.http_response_bytes,
             max_log_lines=limits.log_lines,
         )
-        store = self._store(limits)
+        store = self.new_store(limits)
         with bound(session):
             attempt = _execute(loaded.pre, store, payload, session)
         verdict = _classify(attempt, session, store, limits)
         return _result(loaded, verdict, session, _fuel_used(store, limits), started)
 
-    def _store(self, limits: SandboxLimits) -> Store:
+    def new_store(self, limits: SandboxLimits) -> Store:
+        """A store bounded as every invocation's is (fuel, memory, tables, wall clock)."""
         store = Store(self.engine)
         store.set_fuel(limits.fuel)
         store.set_limits(

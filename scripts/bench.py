@@ -61,7 +61,6 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg import sql
-from wasmtime import Store
 
 from domain import CurationService, Dispatch
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
@@ -80,7 +79,7 @@ from integrations.host import (
 )
 from integrations.invoke import sample_input
 from integrations.modules.build import PROJECT_ROOT, build_session_message_wasm
-from integrations.runtime import LoadedModule, Runtime, SandboxLimits, epoch_ticks
+from integrations.runtime import LoadedModule, Runtime, SandboxLimits
 from integrations.sandboxed import AuthorizedHost
 from integrations.sessions import SessionClient, SessionService
 from projections.audit import Timeline
@@ -686,20 +685,6 @@ class _TimedAuthorizer(CedarAuthorizer):
         return outcome
 
 
-def fresh_store(runtime: Runtime, limits: SandboxLimits) -> Store:
-    """A store limited as the runtime limits every invocation's store."""
-    store = Store(runtime.engine)
-    store.set_fuel(limits.fuel)
-    store.set_limits(
-        memory_size=limits.memory_bytes,
-        table_elements=limits.table_elements,
-        instances=1,
-        memories=1,
-    )
-    store.set_epoch_deadline(epoch_ticks(limits.wall_clock_seconds))
-    return store
-
-
 @dataclass
 class _Phases:
     """Instantiate, run and teardown of one invocation timed apart: the runtime's steps, by
@@ -725,7 +710,7 @@ class _Phases:
         assert module.pre is not None
         limits = runtime.limits
         t0 = time.perf_counter_ns()
-        store = fresh_store(runtime, limits)
+        store = runtime.new_store(limits)
         instance = module.pre.instantiate(store)
         t1 = time.perf_counter_ns()
         session = HostSession(
