@@ -22,8 +22,9 @@ from domain.errors import (
     StoreURLError,
     UnknownAction,
 )
+from domain.ids import as_uuid
 from domain.outcomes import Applied, Discarded, DiscardReason, Dispatch, Verdict
-from domain.service import CurationService, as_uuid
+from domain.service import CurationService
 from domain.transitions import TRANSITIONS, FailReason, JobState
 from domain.views import HistoryEntry, InvocationView, JobView
 

@@ -41,7 +41,8 @@ import cedarpy
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Notification
 
-from domain.errors import InvalidParams, MalformedId
+from domain.errors import InvalidParams
+from domain.ids import as_uuid
 from domain.policy import (
     DECISION_APPROVED,
     DECISION_REJECTED,
@@ -182,15 +183,6 @@ class DecisionView:
     rejection_reason: str = ""
 
 
-def _uuid(value: object, kind: str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise MalformedId(kind, value) from None
-
-
 def _text(command: str, name: str, value: object, *, required: bool, limit: int = 2000) -> str:
     if not isinstance(value, str) or (required and not value.strip()) or len(value) > limit:
         need = "a non-empty string" if required else "a string"
@@ -238,7 +230,7 @@ class PolicyBook:
         """Validates ``text`` against the schema, then records it as a new active policy."""
         text = self.validate(text)
         reason = _text("add_policy", "reason", reason, required=False)
-        decision = None if decision_id is None else _uuid(decision_id, "decision")
+        decision = None if decision_id is None else as_uuid(decision_id, "decision")
         policy = Policy(text=text, reason=reason, decision_id=decision)
         with self._store_call():
             self._app.save(policy)
@@ -256,7 +248,7 @@ class PolicyBook:
 
     def revoke_policy(self, policy_id: UUID | str, by: str, reason: str = "") -> None:
         """Revokes an active policy; PolicyAlreadyRevoked (nothing written) if it was."""
-        pid = _uuid(policy_id, "policy")
+        pid = as_uuid(policy_id, "policy")
         by = _text("revoke_policy", "by", by, required=True, limit=200)
         reason = _text("revoke_policy", "reason", reason, required=False)
 
@@ -298,7 +290,7 @@ class PolicyBook:
         return list(self.policy_snapshot().policies)
 
     def policy(self, policy_id: UUID | str) -> PolicyView:
-        pid = _uuid(policy_id, "policy")
+        pid = as_uuid(policy_id, "policy")
         with self._store_call():
             policy = self._get(pid, Policy, PolicyNotFound)
         return PolicyView(
@@ -355,7 +347,7 @@ class PolicyBook:
         in one ``app.save`` (both or neither). If an active policy already has exactly that
         text (an earlier approval of the same request), the approval names it instead of
         adding a duplicate. Returns the policy id. DecisionAlreadyDecided if not pending."""
-        did = _uuid(decision_id, "decision")
+        did = as_uuid(decision_id, "decision")
         by = _text("approve", "by", by, required=True, limit=200)
 
         def once() -> UUID:
@@ -379,7 +371,7 @@ class PolicyBook:
         return policy_id
 
     def reject(self, decision_id: UUID | str, by: str, reason: str = "") -> None:
-        did = _uuid(decision_id, "decision")
+        did = as_uuid(decision_id, "decision")
         by = _text("reject", "by", by, required=True, limit=200)
         reason = _text("reject", "reason", reason, required=False)
 
@@ -393,7 +385,7 @@ class PolicyBook:
     # -- decision queries ---------------------------------------------------------------------
 
     def decision(self, decision_id: UUID | str) -> DecisionView:
-        did = _uuid(decision_id, "decision")
+        did = as_uuid(decision_id, "decision")
         with self._store_call():
             d = self._get(did, Decision, DecisionNotFound)
         return DecisionView(
@@ -432,11 +424,13 @@ class PolicyBook:
 
     def decision_history(self, decision_id: UUID | str) -> list[HistoryEntry]:
         """Every event of one decision, in order (Requested, then Approved or Rejected)."""
-        return self._history(_uuid(decision_id, "decision"), "decision", Decision, DecisionNotFound)
+        return self._history(
+            as_uuid(decision_id, "decision"), "decision", Decision, DecisionNotFound
+        )
 
     def policy_history(self, policy_id: UUID | str) -> list[HistoryEntry]:
         """Every event of one policy, in order (PolicyAdded, then perhaps PolicyRevoked)."""
-        return self._history(_uuid(policy_id, "policy"), "policy", Policy, PolicyNotFound)
+        return self._history(as_uuid(policy_id, "policy"), "policy", Policy, PolicyNotFound)
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -19,10 +19,10 @@ from domain.errors import (
     InvalidDispatch,
     InvocationNotFound,
     JobNotFound,
-    MalformedId,
 )
 from domain.feed import PendingInvocations
 from domain.guard import decide
+from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
@@ -52,15 +52,6 @@ def completion_values(action: str, params: Mapping[str, Any] | None) -> dict[str
             action, f"is not a completion action (one of {', '.join(sorted(COMPLETION_ACTIONS))})"
         )
     return transition(action).validate(params)
-
-
-def as_uuid(value: object, kind: str = "job") -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise MalformedId(kind, value) from None
 
 
 class CurationService(Application[UUID]):
