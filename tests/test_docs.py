@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain import TRANSITIONS
+from domain import TRANSITIONS, Applied
 from integrations.host import NoNetwork
 from integrations.runtime import Runtime
 
@@ -48,3 +48,15 @@ def test_readme_wat_example_is_the_shipped_one_and_runs() -> None:
     assert readme_wat() == shipped.read_text()
     result = Runtime().run(readme_wat(), {"invocation_id": "i", "job": {"id": "j"}}, NoNetwork())
     assert (result.outcome, result.output) == ("ok", {"session_id": "s-1"})
+
+
+def test_readme_python_example_runs() -> None:
+    text = README.read_text()
+    start = text.index("```python\n") + len("```python\n")
+    example = text[start : text.index("```", start)]
+    example = example.replace('"sqlite:///jobs.db"', '"memory://"')
+    namespace: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert isinstance(namespace["r"], Applied)
+    job = namespace["svc"].get(namespace["job_id"])  # type: ignore[attr-defined]
+    assert (job.state, job.attempt) == ("Queued", 2)
