@@ -6,10 +6,12 @@ reached, its tests skip on a developer's machine and *fail* when CI=true.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from domain import CurationService
+from scripts import cli
 
 PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 STORES = ("memory", "sqlite", "postgres")
@@ -85,6 +88,43 @@ def svc(store_url: str) -> Iterator[CurationService]:
     service = CurationService.open(store_url)
     yield service
     service.close()
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What one in-process ``sequent`` command did."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        assert self.code == 0, self.err
+        assert self.err == ""
+        return json.loads(self.out)
+
+    def error_line(self) -> str:
+        assert self.code != 0
+        assert self.out == ""
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err
+        assert lines[0].startswith("sequent: error: ")
+        return lines[0]
+
+
+Cli = Callable[..., Ran]
+
+
+@pytest.fixture
+def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Runs ``sequent ARGV...`` in process (scripts.cli.main) and captures what it printed."""
+
+    def run(*argv: str) -> Ran:
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
 
 
 def event_count(service: CurationService) -> int:

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,8 @@ from uuid import UUID, uuid4
 import pytest
 
 from domain import CurationService, JobState
-from scripts import cli
 from scripts.output import EXIT_FAILED, EXIT_USAGE, to_jsonable
-from tests.conftest import event_count
+from tests.conftest import Cli, event_count
 
 SEQUENT = Path(sys.executable).parent / "sequent"
 SPEC = {"target": "https://curation.example/feed", "tags": ["a", "b"]}
@@ -42,21 +40,6 @@ JOB_VIEW_KEYS = {
 }
 
 
-@dataclass(frozen=True)
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        assert self.code == 0, self.err
-        assert self.err == ""
-        return json.loads(self.out)
-
-
-Cli = Callable[..., Ran]
-
-
 @pytest.fixture(autouse=True)
 def default_store(
     url_for: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -68,16 +51,6 @@ def default_store(
     monkeypatch.setenv("SEQUENT_DB", url)
     monkeypatch.setenv("COLUMNS", "200")  # rich tables fold cells to fit; keep rows whole
     return url
-
-
-@pytest.fixture
-def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*argv: str) -> Ran:
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return Ran(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture

@@ -14,44 +14,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from domain import CurationService
 from projections.progress import progress_bar
 from projections.runner import Projections
-from scripts import cli
 from scripts.output import EXIT_FAILED, EXIT_USAGE
+from tests.conftest import Cli
 from tests.test_projections_fold import Workload, completions, fold_history
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENT = str(Path(sys.executable).parent / "sequent")
-
-
-@dataclass(frozen=True)
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        assert self.code == 0, self.err
-        assert self.err == ""
-        return json.loads(self.out)
-
-    def error_line(self) -> str:
-        assert self.code != 0
-        assert self.out == ""
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("sequent: error: ")
-        return lines[0]
-
-
-Cli = Callable[..., Ran]
 
 
 @pytest.fixture
@@ -61,16 +36,6 @@ def db(url_for: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.Monkey
     url = url_for("sqlite")
     monkeypatch.setenv("SEQUENT_DB", url)
     return url
-
-
-@pytest.fixture
-def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def run(*argv: str) -> Ran:
-        code = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return Ran(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture
