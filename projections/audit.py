@@ -409,7 +409,7 @@ class Timeline:
             self.version = events.version(len(events) - 1)  # without decoding it
         else:
             self.version = events[-1].version
-        self.current = self.state_at(self.version)
+        self.current = self._read_state(self.version)
 
     @classmethod
     def load(cls, svc: CurationService, job_id: UUID | str) -> Timeline:
@@ -452,6 +452,11 @@ class Timeline:
             raise VersionOutOfRange(self.job_id, version, self.version)
         if not 1 <= version <= self.version:
             raise VersionOutOfRange(self.job_id, version, self.version)
+        if version == self.version:
+            return self.current  # read once at load: decoding a big snapshot again costs ms
+        return self._read_state(version)
+
+    def _read_state(self, version: int) -> JobStateAt:
         with store_call(self.svc.url):
             job: object = self.svc.repository.get(self.job_id, version=version)
         if not isinstance(job, CurationJob) or job.version != version:
