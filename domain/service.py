@@ -20,7 +20,7 @@ from domain.errors import (
     InvocationNotFound,
     JobNotFound,
 )
-from domain.feed import PendingInvocations
+from domain.feed import JobDeadlines, PendingInvocations
 from domain.guard import decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
@@ -253,6 +253,12 @@ class CurationService(Application[UUID]):
     def pending_invocations(self) -> PendingInvocations:
         """A follower of the store's invocations that are started and not yet finished."""
         return PendingInvocations(self)
+
+    def job_deadlines(
+        self, timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS
+    ) -> JobDeadlines:
+        """A follower of every job's state and when its state timeout runs out."""
+        return JobDeadlines(self, timeouts)
 
     # -- queries ----------------------------------------------------------------------------
 

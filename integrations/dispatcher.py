@@ -137,6 +137,7 @@ class Dispatcher:
         lease: timedelta = timedelta(seconds=60),
         concurrency: int = 16,
         poll_interval: float = 0.02,
+        sweep_interval: float = 1.0,
         timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
     ) -> None:
         self.service = service
@@ -148,9 +149,12 @@ class Dispatcher:
         self.lease = lease
         self.limiter = anyio.CapacityLimiter(concurrency)
         self.poll_interval = poll_interval
+        self.sweep_interval = sweep_interval
         self.timeouts = timeouts
         self.stats = DispatchStats()
         self._feed = service.pending_invocations()
+        self._deadlines = service.job_deadlines(timeouts)
+        self._swept_at = datetime.min.replace(tzinfo=UTC)
         # invocation -> (its job once claimed, since when); and invocations leased elsewhere.
         self._inflight: dict[UUID, tuple[UUID | None, datetime]] = {}
         self._not_before: dict[UUID, datetime] = {}
@@ -164,6 +168,7 @@ class Dispatcher:
             while not (until() and not self._inflight):
                 await self._start_pending(tg)
                 await self._expire_overdue()
+                await self._sweep_deadlines()
                 await anyio.sleep(self.poll_interval)
 
     async def run_once(self) -> None:
@@ -201,6 +206,19 @@ class Dispatcher:
             job for job, since in list(self._inflight.values()) if job and now - since >= limit
         }
         for job_id in overdue:
+            if await anyio.to_thread.run_sync(self.service.expire, job_id, now, self.timeouts):
+                self.stats.timeouts += 1
+
+    async def _sweep_deadlines(self) -> None:
+        """Every ``sweep_interval``: fails jobs that sat in Queued, Running or Finalizing past
+        their state timeout. Ready is left to ``_expire_overdue``, which counts from the claim,
+        so time spent waiting for a worker never times a job out."""
+        now = datetime.now(UTC)
+        if (now - self._swept_at).total_seconds() < self.sweep_interval:
+            return
+        self._swept_at = now
+        due = await anyio.to_thread.run_sync(self._deadlines.due, now, (JobState.READY,))
+        for job_id in due:
             if await anyio.to_thread.run_sync(self.service.expire, job_id, now, self.timeouts):
                 self.stats.timeouts += 1
 

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import pytest
 
 from domain import (
@@ -17,6 +18,7 @@ from domain import (
     LeaseHeld,
 )
 from domain.transitions import STATE_TIMEOUTS
+from integrations.dispatcher import Dispatcher, RunOutcome
 
 LEASE = timedelta(seconds=30)
 
@@ -118,3 +120,45 @@ def test_compensation_is_recorded_on_the_invocation(svc: CurationService) -> Non
     names = [e.name for e in svc.history(job_id) if e.aggregate == "invocation"]
     assert names.count("Compensated") == 1
     assert svc.get(job_id).session_id == "s-new"
+
+
+def test_job_deadlines_follow_each_jobs_state(svc: CurationService) -> None:
+    short = {state: timedelta(milliseconds=1) for state in STATE_TIMEOUTS}
+    deadlines = svc.job_deadlines(short)
+    queued = svc.create_job({"target": "q"})
+    ready = svc.create_job({"target": "r"})
+    svc.submit(ready)
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert set(deadlines.due(later)) == {queued, ready}
+    assert deadlines.due(later, skip=(JobState.READY,)) == [queued]
+    assert deadlines.due(datetime.now(UTC) - timedelta(seconds=1)) == []
+    svc.fail(queued)  # Failed has no timeout: forgotten
+    assert deadlines.due(later) == [ready]
+
+
+def test_the_dispatcher_sweeps_jobs_past_their_state_timeout(svc: CurationService) -> None:
+    queued = svc.create_job({"target": "q"})
+    running = svc.create_job({"target": "r"})
+    svc.complete(svc.submit(running), "SessionSpawned", {"session_id": "s"})
+    waiting = svc.create_job({"target": "w"})
+    # Ready, its run leased by a worker elsewhere that has not finished it yet.
+    svc.claim(svc.submit(waiting).invocation_id, "elsewhere", timedelta(minutes=5))
+    timeouts = {state: timedelta(milliseconds=50) for state in STATE_TIMEOUTS}
+    dispatcher = Dispatcher(
+        svc, lambda *_: RunOutcome(ok={"session_id": "x"}), sweep_interval=0.05, timeouts=timeouts
+    )
+
+    def swept() -> bool:
+        return all(svc.get(j).state == JobState.FAILED for j in (queued, running))
+
+    async def bounded() -> None:
+        with anyio.fail_after(30):
+            await dispatcher.run(swept)
+
+    anyio.run(bounded)
+    for job_id in (queued, running):
+        failure = svc.get(job_id).failure
+        assert failure is not None
+        assert failure["reason"] == "timeout"
+    assert svc.get(waiting).state == JobState.READY, "Ready counts from this worker's claim"
+    assert dispatcher.stats.timeouts == 2
