@@ -20,15 +20,15 @@ from domain.errors import (
     InvocationNotFound,
     JobNotFound,
 )
-from domain.feed import JobDeadlines, PendingInvocations
+from domain.followers import JobDeadlines, PendingInvocations
 from domain.guard import decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
-from domain.policies import PolicyBook
-from domain.storage import StoreConfig, default_url, parse_store_url
-from domain.store_calls import MAX_CONFLICT_RETRIES, retrying, store_call
+from domain.policy_book import PolicyBook
+from domain.store_errors import MAX_CONFLICT_RETRIES, retrying, store_call
+from domain.store_url import StoreConfig, default_url, parse_store_url
 from domain.transitions import (
     COMPLETION_ACTIONS,
     STATE_TIMEOUTS,

@@ -34,7 +34,7 @@ import cedarpy
 
 from domain.errors import SequentError
 from domain.invocation import DEFAULT_INTEGRATION
-from domain.policies import (
+from domain.policy_book import (
     ACTION_TYPE,
     CEDAR_SCHEMA,
     HTTP_CALL,

@@ -70,8 +70,8 @@ from domain import (
 )
 from domain.invocation import Invocation
 from domain.job import CurationJob
-from domain.policy import DECISION_APPROVED, DECISION_REJECTED, DECISION_REQUESTED
-from domain.store_calls import store_call
+from domain.log import DECISION_APPROVED, DECISION_REJECTED, DECISION_REQUESTED
+from domain.store_errors import store_call
 from domain.transitions import TRANSITIONS, JobState
 from projections.runner import gc_paused
 

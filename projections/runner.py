@@ -46,9 +46,10 @@ from eventsourcing.postgres import PostgresFactory
 from eventsourcing.sqlite import SQLiteFactory
 
 from domain.errors import StoreUnavailable
+from domain.log import Notice, log_reader, notices
 from domain.service import CurationService
-from domain.storage import first_line
-from domain.store_calls import STORE_ERRORS
+from domain.store_errors import STORE_ERRORS
+from domain.store_url import first_line
 from domain.transitions import JobState
 from projections.errors import (
     ProjectionFailed,
@@ -57,8 +58,15 @@ from projections.errors import (
     UnknownProjection,
     UnsupportedStore,
 )
-from projections.log import log_reader
 from projections.progress import ProgressCallback, progress_bar
+from projections.recorders import (
+    Fetch,
+    PositionMoved,
+    PostgresReadModels,
+    ReadModels,
+    SQLiteReadModels,
+    memory_datastore,
+)
 from projections.schema import (
     DECISIONS,
     DISPATCH_AUDIT,
@@ -70,16 +78,8 @@ from projections.schema import (
     SessionRow,
     to_row,
 )
-from projections.store import (
-    Fetch,
-    PositionMoved,
-    PostgresReadModels,
-    ReadModels,
-    SQLiteReadModels,
-    memory_datastore,
-)
 from projections.verify import VerifyReport, verify
-from projections.views import VIEW_NAMES, VIEWS, Notice, View, notices
+from projections.views import VIEW_NAMES, VIEWS, View
 
 CATCH_UP_BATCH = 1000
 REBUILD_BATCH = 5000

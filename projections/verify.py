@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import Notification
 from eventsourcing.utils import get_topic
 
+from domain.authorization import Decision
 from domain.invocation import Invocation
 from domain.job import CurationJob
-from domain.policy import Decision
 from projections.errors import ProjectionFailed
 from projections.schema import DECISIONS, DISPATCH_AUDIT, JOB_STATUS, SESSIONS, Table
 from projections.views import VIEWS, View

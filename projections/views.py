@@ -15,18 +15,29 @@ lookup, not a JSON decode.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
-from eventsourcing.persistence import Mapper, Notification, StoredEvent
-from eventsourcing.utils import get_topic
-
-from domain.invocation import Invocation
-from domain.job import CurationJob
-from domain.policy import DECISION_APPROVED, DECISION_REJECTED, DECISION_REQUESTED, Decision
-from domain.transitions import TRANSITIONS
+from domain.log import (
+    APPLIED,
+    COMPENSATED,
+    DECISION_APPROVED,
+    DECISION_REJECTED,
+    DECISION_REQUESTED,
+    DISCARDED,
+    FINISHED,
+    INVOCATION_CREATED,
+    JOB_CREATED,
+    JOB_RETRIED,
+    JOB_SESSION_SPAWNED,
+    JOB_STARTS_INVOCATION,
+    STARTED,
+    STATE_AFTER,
+    UNRECOGNISED,
+    VERDICTS,
+    Notice,
+)
 from projections.schema import (
     AUDIT_INVOCATIONS,
     DECISIONS,
@@ -37,76 +48,12 @@ from projections.schema import (
     Table,
 )
 
-_JOB = get_topic(CurationJob)
-_INVOCATION = get_topic(Invocation)
-_DECISION = get_topic(Decision)
-
-# Every job event moves the job to one fixed state: the transition table says which.
-JOB_EVENT_STATES: Mapping[str, str] = {
-    f"{_JOB}.{t.event}": str(t.target) for t in TRANSITIONS.values()
-}
-JOB_CREATED = f"{_JOB}.{TRANSITIONS['Create'].event}"
-JOB_RETRIED = f"{_JOB}.{TRANSITIONS['Retry'].event}"
-JOB_SESSION_SPAWNED = f"{_JOB}.{TRANSITIONS['SessionSpawned'].event}"
-JOB_STARTS_INVOCATION = frozenset(
-    f"{_JOB}.{t.event}" for t in TRANSITIONS.values() if t.starts_invocation
-)
+# The text a job_status row stores for the state each job event leaves the job in.
+JOB_EVENT_STATES: Mapping[str, str] = {topic: str(state) for topic, state in STATE_AFTER.items()}
 # The job events whose payload job_status reads (all others: topic and version suffice).
 JOB_CARRIES = frozenset({JOB_CREATED, JOB_RETRIED, JOB_SESSION_SPAWNED, *JOB_STARTS_INVOCATION})
 
-STARTED = f"{_INVOCATION}.Started"
-UNRECOGNISED = f"{_INVOCATION}.Unrecognised"
-FINISHED = f"{_INVOCATION}.Finished"
-APPLIED = f"{_INVOCATION}.Applied"
-DISCARDED = f"{_INVOCATION}.Discarded"
-COMPENSATED = f"{_INVOCATION}.Compensated"
-CLAIMED = f"{_INVOCATION}.Claimed"
-INVOCATION_CREATED = frozenset({STARTED, UNRECOGNISED})
-VERDICTS = frozenset({APPLIED, DISCARDED})
-
 SESSION_SPAWNED_ACTION = "SessionSpawned"
-
-
-class Notice:
-    """One notification as a view sees it: position, aggregate id (canonical text), version
-    and topic at once; the decoded domain event only when asked for (and then once)."""
-
-    __slots__ = ("_event", "_mapper", "_state", "id", "key", "topic", "version")
-
-    def __init__(
-        self, id: int, key: str, version: int, topic: str, state: bytes, mapper: Mapper[Any]
-    ) -> None:
-        self.id = id
-        self.key = key
-        self.version = version
-        self.topic = topic
-        self._state = state
-        self._mapper = mapper
-        self._event: Any = None
-
-    @classmethod
-    def of(cls, n: Notification, mapper: Mapper[Any]) -> Notice:
-        return cls(n.id, str(n.originator_id), n.originator_version, n.topic, n.state, mapper)
-
-    @property
-    def event(self) -> Any:
-        if self._event is None:
-            stored = StoredEvent(
-                originator_id=UUID(self.key),
-                originator_version=self.version,
-                topic=self.topic,
-                state=bytes(self._state),
-            )
-            self._event = self._mapper.to_domain_event(stored)
-        return self._event
-
-    @property
-    def timestamp(self) -> str:
-        return str(self.event.timestamp.isoformat())
-
-
-def notices(batch: Iterable[Notification], mapper: Mapper[Any]) -> list[Notice]:
-    return [Notice.of(n, mapper) for n in batch]
 
 
 # -- what a view asks the store to do ---------------------------------------------------------

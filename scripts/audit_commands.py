@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from domain import CurationService
-from domain.storage import default_url
+from domain.store_url import default_url
 from projections.audit import Completion, JobStateAt, Timeline
 from scripts.output import (
     EVENT_STYLES,

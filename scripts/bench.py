@@ -62,12 +62,14 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import get_topic
 from psycopg import sql
 
+from bootstrap import Settings, build_system
+from bootstrap.settings import POLICY_STALENESS_SECONDS
 from domain import CurationService, Dispatch
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied
 from domain.service import SNAPSHOT_INTERVAL, completion_values
-from domain.storage import parse_store_url, postgres_conninfo
+from domain.store_url import parse_store_url, postgres_conninfo
 from domain.transitions import TRANSITIONS
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer, default_policies
 from integrations.host import (
@@ -84,7 +86,6 @@ from integrations.sandboxed import AuthorizedHost
 from integrations.sessions import SessionClient, SessionService
 from projections.audit import Timeline
 from projections.runner import REBUILD_BATCH, Projections
-from scripts import compose
 from scripts.race import RaceConfig, run_race
 
 Better = Literal["higher", "lower"]
@@ -759,7 +760,7 @@ def measure_sandbox(sizes: Sizes, workdir: Path, step: Step) -> Measurement:
 
     step(f"{SANDBOX}: instantiate + run + Cedar")
     svc = CurationService.open("memory://")
-    svc.policies.max_staleness = compose.POLICY_STALENESS_SECONDS
+    svc.policies.max_staleness = POLICY_STALENESS_SECONDS
     svc.policies.add_policy(default_policies(SANDBOX_SERVICE), reason="bench")
     authorizer = _TimedAuthorizer(svc.policies)
     client = _CannedClient()
@@ -869,7 +870,7 @@ def measure_job_cycles(sizes: Sizes, workdir: Path, step: Step) -> Measurement:
     batch, rounds = sizes.cycle_batch, sizes.cycle_rounds
     with SessionService() as sessions:
         step(f"{CYCLES}: dispatcher")
-        system = compose.build(f"sqlite:///{workdir / 'cycles.db'}")
+        system = build_system(Settings.from_env(store_url=f"sqlite:///{workdir / 'cycles.db'}"))
         try:
             svc = system.service
             svc.policies.add_policy(default_policies(sessions.url), reason="bench")
@@ -918,7 +919,7 @@ def measure_job_cycles(sizes: Sizes, workdir: Path, step: Step) -> Measurement:
             "value: jobs per second through create -> configure -> submit (batches of "
             f"{batch}), then Dispatcher.run_once over the batch (claim, wasm, Cedar, POST to a "
             "loopback SessionService, guarded SessionSpawned), on SQLite, wired by "
-            "scripts.compose.build; baseline: the same domain steps with no claim, wasm, Cedar "
+            "bootstrap.build_system; baseline: the same domain steps with no claim, wasm, Cedar "
             "or HTTP (create -> configure -> submit -> complete(SessionSpawned)), one by one. "
             "p50/p99: one invocation inside the dispatcher (claim + run + complete), under its "
             "16-way concurrency, so including the wait for the GIL and SQLite's one writer."

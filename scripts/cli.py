@@ -31,9 +31,9 @@ from domain import (
     Verdict,
     as_uuid,
 )
-from domain.policies import DecisionView, PolicyView
-from domain.policy import DecisionStatus
-from domain.storage import DB_URL_ENV, DEFAULT_DB_URL, default_url
+from domain.authorization import DecisionStatus
+from domain.policy_book import DecisionView, PolicyView
+from domain.store_url import DB_URL_ENV, DEFAULT_DB_URL, default_url
 from scripts import (
     audit_commands,
     bench_commands,

@@ -21,9 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from domain import JobState, as_uuid
-from domain.storage import default_url
+from domain.store_url import default_url
+from projections.recorders import hash_rows
 from projections.runner import Projections, RebuildReport
-from projections.store import hash_rows
 from projections.verify import VerifyReport
 from projections.views import VIEW_NAMES
 from scripts.output import EXIT_OK, OneLineParser, console, positive_int, print_json, short

@@ -31,6 +31,7 @@ from eventsourcing.persistence import IntegrityError
 from rich.console import Console
 from rich.progress import Progress
 
+from bootstrap import Settings, build_system
 from domain import (
     Applied,
     CurationService,
@@ -43,7 +44,6 @@ from domain.invocation import Invocation
 from domain.job import CurationJob
 from integrations.authorizer import default_policies
 from integrations.sessions import SessionService
-from scripts import compose
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
 # Failures an operator retries after approving decisions; anything else is left as it is.
@@ -153,7 +153,7 @@ def run_race(
     job created, not the set-up (a cold build of the guest module takes seconds)."""
     with ExitStack() as stack:
         permitted, gated = stack.enter_context(session_services(config))
-        system = compose.build(db or default_db(config))
+        system = build_system(Settings.from_env(store_url=db or default_db(config)))
         stack.callback(system.close)
         started = time.perf_counter()
         svc = system.service

@@ -22,12 +22,11 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
+from bootstrap import Settings, build_system
 from domain import StoreURLError
-from domain.storage import default_url
 from integrations.host import NoNetwork
 from integrations.invoke import invoke_module, sample_input
 from integrations.runtime import SandboxLimits
-from scripts import compose
 from scripts.output import EXIT_OK, OneLineParser, console, positive_int, print_json
 from scripts.race import RaceConfig, run_race
 
@@ -84,7 +83,8 @@ def run_invoke_command(args: Args) -> int:
     if args.no_network:
         result = invoke_module(args.module, job_input, NoNetwork(), limits)
     else:
-        system = compose.build(args.db or default_url(), module=args.module, limits=limits)
+        settings = Settings.from_env(store_url=args.db, module=args.module, limits=limits)
+        system = build_system(settings)
         try:
             job = job_input.get("job", {}) if isinstance(job_input, dict) else {}
             host = system.runner.host_for(
@@ -112,7 +112,7 @@ def render_invoke(out: Console, payload: Mapping[str, Any]) -> None:
 
 
 def run_worker_command(args: Args) -> int:
-    system = compose.build(args.db or default_url())
+    system = build_system(Settings.from_env(store_url=args.db))
     try:
         dispatcher = system.dispatcher(
             concurrency=args.concurrency,

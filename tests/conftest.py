@@ -23,6 +23,10 @@ from domain import CurationService
 from scripts import cli
 
 PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+# Tests run in temporary folders; the guest module is built once for all of them (and for the
+# processes they start) in the checkout's state folder.
+CHECKOUT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SEQUENT_MODULE_DIR", str(CHECKOUT / ".sequent" / "modules"))
 STORES = ("memory", "sqlite", "postgres")
 
 

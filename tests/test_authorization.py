@@ -13,8 +13,7 @@ import pytest
 
 import integrations.authorizer as authorizer_module
 from domain import CurationService, InvalidParams, MalformedId
-from domain.policies import PolicyBook, scoped_permit
-from domain.policy import (
+from domain.authorization import (
     DecisionAlreadyDecided,
     DecisionNotFound,
     DecisionStatus,
@@ -23,6 +22,7 @@ from domain.policy import (
     PolicyAlreadyRevoked,
     PolicyNotFound,
 )
+from domain.policy_book import PolicyBook, scoped_permit
 from integrations.authorizer import (
     AuthzOutcome,
     CedarAuthorizer,

@@ -11,12 +11,12 @@ from typing import Any
 import anyio
 import pytest
 
+from bootstrap import Settings, System, build_system
 from domain import CurationService, Discarded, JobState
 from integrations.authorizer import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
 from integrations.runtime import SandboxLimits
 from integrations.sessions import SessionService
-from scripts import compose
 
 MODULES = Path(__file__).parent / "modules"
 
@@ -28,13 +28,13 @@ def sessions() -> Iterator[SessionService]:
 
 
 @pytest.fixture
-def system(store_url: str) -> Iterator[compose.System]:
-    built = compose.build(store_url)
+def system(store_url: str) -> Iterator[System]:
+    built = build_system(Settings.from_env(store_url=store_url))
     yield built
     built.close()
 
 
-def permit(system: compose.System, service: SessionService) -> None:
+def permit(system: System, service: SessionService) -> None:
     system.service.policies.add_policy(default_policies(service.url), reason="test")
 
 
@@ -48,7 +48,7 @@ def events(svc: CurationService, invocation_id: Any) -> list[str]:
 
 
 def test_a_permitted_run_spawns_a_session_and_applies(
-    system: compose.System, sessions: SessionService
+    system: System, sessions: SessionService
 ) -> None:
     permit(system, sessions)
     dispatch = submit(system.service, sessions)
@@ -71,7 +71,7 @@ def test_a_permitted_run_spawns_a_session_and_applies(
 
 
 def test_a_denied_run_fails_its_job_with_the_decision(
-    system: compose.System, sessions: SessionService
+    system: System, sessions: SessionService
 ) -> None:
     dispatch = submit(system.service, sessions)  # no policy: default deny
     anyio.run(system.dispatcher().run_once)
@@ -90,7 +90,7 @@ def test_a_denied_run_fails_its_job_with_the_decision(
 def test_a_late_run_is_discarded_and_its_session_compensated(store_url: str) -> None:
     # The first request is answered slowly: its run outlives the Ready timeout.
     with SessionService(latency=lambda i: 1.5 if i == 0 else 0.0, seed=2) as sessions:
-        system = compose.build(store_url)
+        system = build_system(Settings.from_env(store_url=store_url))
         try:
             permit(system, sessions)
             svc = system.service
@@ -126,7 +126,7 @@ def test_a_late_run_is_discarded_and_its_session_compensated(store_url: str) -> 
 
 
 def test_an_expired_lease_is_taken_over_and_the_late_worker_is_a_duplicate(
-    system: compose.System, sessions: SessionService
+    system: System, sessions: SessionService
 ) -> None:
     permit(system, sessions)
     svc = system.service
@@ -147,7 +147,7 @@ def test_an_expired_lease_is_taken_over_and_the_late_worker_is_a_duplicate(
 
 
 def test_a_live_lease_keeps_other_workers_off(
-    system: compose.System, sessions: SessionService
+    system: System, sessions: SessionService
 ) -> None:
     permit(system, sessions)
     dispatch = submit(system.service, sessions)
@@ -166,7 +166,7 @@ def test_a_live_lease_keeps_other_workers_off(
     ids=["answers-500", "down"],
 )
 def test_session_service_failures_fail_the_job_cleanly(
-    system: compose.System, service_options: dict[str, Any], reason: str
+    system: System, service_options: dict[str, Any], reason: str
 ) -> None:
     with SessionService(seed=3, **service_options) as sessions:
         permit(system, sessions)
@@ -214,7 +214,8 @@ def test_misbehaving_modules_fail_the_job_and_the_worker_stays_up(
     store_url: str, sessions: SessionService, module: str, kind: str
 ) -> None:
     limits = SandboxLimits(fuel=10**7, wall_clock_seconds=5)
-    system = compose.build(store_url, module=MODULES / module, limits=limits)
+    settings = Settings.from_env(store_url=store_url, module=MODULES / module, limits=limits)
+    system = build_system(settings)
     try:
         permit(system, sessions)
         dispatch = submit(system.service, sessions)
@@ -237,7 +238,7 @@ def test_misbehaving_modules_fail_the_job_and_the_worker_stays_up(
 
 
 def test_ok_output_with_the_wrong_params_is_a_module_error(
-    system: compose.System, sessions: SessionService, tmp_path: Path
+    system: System, sessions: SessionService, tmp_path: Path
 ) -> None:
     """A module can never name an action, nor smuggle params its action does not take."""
     permit(system, sessions)
@@ -256,7 +257,7 @@ def test_ok_output_with_the_wrong_params_is_a_module_error(
 
 
 def test_two_dispatchers_share_one_store(shared_store_url: str, sessions: SessionService) -> None:
-    systems = [compose.build(shared_store_url) for _ in range(2)]
+    systems = [build_system(Settings.from_env(store_url=shared_store_url)) for _ in range(2)]
     try:
         permit(systems[0], sessions)
         dispatches = [submit(systems[0].service, sessions) for _ in range(12)]
@@ -280,7 +281,7 @@ def test_two_dispatchers_share_one_store(shared_store_url: str, sessions: Sessio
             system.close()
 
 
-def test_applied_verdicts_are_counted(system: compose.System, sessions: SessionService) -> None:
+def test_applied_verdicts_are_counted(system: System, sessions: SessionService) -> None:
     permit(system, sessions)
     for _ in range(3):
         submit(system.service, sessions)

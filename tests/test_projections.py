@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from domain import CurationService
 from projections.errors import ProjectionFailed, UnknownFilter, UnknownProjection
+from projections.recorders import PositionMoved
 from projections.runner import Projections
-from projections.store import PositionMoved
 from projections.views import VIEW_NAMES
 from tests.test_projections_fold import OPS, Workload, completions, fold_history, random_workload
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNNER = """
 import sys, time
 from projections.runner import Projections
-from projections.store import PostgresReadModels, ReadModels, SQLiteReadModels
+from projections.recorders import PostgresReadModels, ReadModels, SQLiteReadModels
 
 mode, url, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 apply = ReadModels.apply

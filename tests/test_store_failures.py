@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from domain import CurationService, StoreUnavailable
-from domain.storage import parse_store_url
+from domain.store_url import parse_store_url
 
 
 def backend_pids(svc: CurationService, count: int) -> set[int]:

@@ -101,6 +101,7 @@ def sha256_file(path: Path) -> str:
 
 def compile_module(destination: Path, source_dir: Path = SOURCE_DIR) -> None:
     """Compile the module into ``destination`` (atomically) in a fresh, private zig cache."""
+    destination = destination.absolute()  # zig runs in the source folder
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="zig-build-", dir=destination.parent) as tmp:
         work = Path(tmp)

@@ -12,7 +12,6 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.utils import get_topic
 
 from domain.errors import SequentError
 
@@ -154,14 +153,3 @@ class Decision(Aggregate):
         self.status = DecisionStatus.REJECTED
         self.decided_by = by
         self.rejection_reason = reason
-
-
-# Event topics, as recorded in the notification log (the ``@event`` classes are made at class
-# creation, so they are named here by topic rather than by attribute).
-POLICY_ADDED = get_topic(Policy) + ".PolicyAdded"
-POLICY_REVOKED = get_topic(Policy) + ".PolicyRevoked"
-POLICY_TOPICS = (POLICY_ADDED, POLICY_REVOKED)
-DECISION_REQUESTED = get_topic(Decision) + ".Requested"
-DECISION_APPROVED = get_topic(Decision) + ".Approved"
-DECISION_REJECTED = get_topic(Decision) + ".Rejected"
-DECISION_TOPICS = (DECISION_REQUESTED, DECISION_APPROVED, DECISION_REJECTED)

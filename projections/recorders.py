@@ -38,9 +38,10 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL
 
-from domain.storage import first_line
+from domain.log import Notice
+from domain.store_url import first_line
 from projections.schema import INT, Table
-from projections.views import Insert, Notice, Upsert, View, Write
+from projections.views import Insert, Upsert, View, Write
 
 SHADOW_SUFFIX = "__rebuild"
 LOOKUP_CHUNK = 500  # keys per IN (...) query

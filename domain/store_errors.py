@@ -15,7 +15,7 @@ import psycopg_pool
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from domain.errors import ConcurrencyError, StoreUnavailable
-from domain.storage import first_line
+from domain.store_url import first_line
 
 T = TypeVar("T")
 

@@ -41,16 +41,7 @@ import cedarpy
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import Notification
 
-from domain.errors import InvalidParams
-from domain.ids import as_uuid
-from domain.policy import (
-    DECISION_APPROVED,
-    DECISION_REJECTED,
-    DECISION_REQUESTED,
-    DECISION_TOPICS,
-    POLICY_ADDED,
-    POLICY_REVOKED,
-    POLICY_TOPICS,
+from domain.authorization import (
     Decision,
     DecisionNotFound,
     DecisionStatus,
@@ -58,7 +49,18 @@ from domain.policy import (
     Policy,
     PolicyNotFound,
 )
-from domain.store_calls import retrying, store_call
+from domain.errors import InvalidParams
+from domain.ids import as_uuid
+from domain.log import (
+    DECISION_APPROVED,
+    DECISION_REJECTED,
+    DECISION_REQUESTED,
+    DECISION_TOPICS,
+    POLICY_ADDED,
+    POLICY_REVOKED,
+    POLICY_TOPICS,
+)
+from domain.store_errors import retrying, store_call
 from domain.views import HistoryEntry
 
 T = TypeVar("T")
