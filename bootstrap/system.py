@@ -16,7 +16,7 @@ from integrations.dispatcher import Completer, Dispatcher
 from integrations.modules.build import build_session_message_wasm
 from integrations.runtime import LoadedModule, Runtime, SandboxLimits
 from integrations.sandboxed import SandboxRunner, SessionStopper
-from integrations.sessions import SessionClient
+from integrations.session_client import SessionClient
 from projections import Projections
 
 

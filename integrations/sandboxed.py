@@ -15,7 +15,7 @@ from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
 from integrations.host import guest_error
 from integrations.runtime import LoadedModule, RunResult, Runtime, SandboxLimits
-from integrations.sessions import SessionClient, SessionServiceError
+from integrations.session_client import SessionClient, SessionServiceError
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,8 @@ from integrations.invoke import sample_input
 from integrations.modules.build import PROJECT_ROOT, build_session_message_wasm
 from integrations.runtime import LoadedModule, Runtime, SandboxLimits
 from integrations.sandboxed import AuthorizedHost
-from integrations.sessions import SessionClient, SessionService
+from integrations.session_client import SessionClient
+from integrations.session_service import SessionService
 from projections.audit import Timeline
 from projections.runner import REBUILD_BATCH, Projections
 from scripts.race import RaceConfig, run_race

@@ -43,7 +43,7 @@ from domain import (
 from domain.invocation import Invocation
 from domain.job import CurationJob
 from integrations.authorizer import default_policies
-from integrations.sessions import SessionService
+from integrations.session_service import SessionService
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
 # Failures an operator retries after approving decisions; anything else is left as it is.

@@ -10,7 +10,7 @@ import pytest
 from domain import CurationService
 from integrations.authorizer import default_policies
 from integrations.modules.build import build_session_message_wasm
-from integrations.sessions import SessionService
+from integrations.session_service import SessionService
 from scripts import cli
 
 MODULES = Path(__file__).parent / "modules"

@@ -16,7 +16,7 @@ from domain import CurationService, Discarded, JobState
 from integrations.authorizer import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
 from integrations.runtime import SandboxLimits
-from integrations.sessions import SessionService
+from integrations.session_service import SessionService
 
 MODULES = Path(__file__).parent / "modules"
 

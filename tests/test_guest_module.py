@@ -24,7 +24,8 @@ import wasmtime
 from integrations.modules import build
 from integrations.modules.build import build_session_message_wasm, sha256_file
 from integrations.runtime import Runtime, SandboxLimits
-from integrations.sessions import SessionClient, SessionService, SessionServiceError
+from integrations.session_client import SessionClient, SessionServiceError
+from integrations.session_service import SessionService
 
 HttpHandler = Callable[[dict[str, Any]], dict[str, Any]]
 MASK32 = 0xFFFF_FFFF

@@ -12,11 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from integrations.sessions import (
-    SessionClient,
-    SessionService,
-    SessionServiceError,
-)
+from integrations.session_client import SessionClient, SessionServiceError
+from integrations.session_service import SessionService
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from domain import CurationService, JobState
 from integrations.authorizer import default_policies
-from integrations.sessions import SessionService
+from integrations.session_service import SessionService
 
 SEQUENT = str(Path(sys.executable).parent / "sequent")
 

@@ -1,0 +1,189 @@
+"""The session service's HTTP client.
+
+``SessionClient`` wraps one ``httpx.Client`` (pooled keep-alive connections, configurable
+timeouts, safe to share between threads). Transport failures (refused, reset, timeout) and
+unexpected answers raise :class:`SessionServiceError` with a ``kind``; :meth:`SessionClient.request`
+is the generic call the wasm host function ``http_call`` makes after Cedar allowed it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
+
+ErrorKind = Literal["http_error", "bad_request"]
+
+
+class SessionServiceError(Exception):
+    """A session-service call that did not get a usable answer.
+
+    ``kind`` is ``"http_error"`` (refused, reset, timeout, unexpected status or body) or
+    ``"bad_request"`` (the request itself is malformed: bad URL, scheme, method or header).
+    ``status`` is the HTTP status when there was one.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+
+    def as_json(self) -> dict[str, Any]:
+        return {"error": {"kind": self.kind, "message": self.message}}
+
+
+class SessionClient:
+    """HTTP client for the session service over one pooled ``httpx.Client`` (thread-safe).
+
+    ``base_url`` is the service root (``SessionService.url``); :meth:`request` also takes
+    absolute URLs. ``timeout`` bounds each read/write/pool wait, ``connect_timeout`` the connect.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "",
+        *,
+        timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+        max_connections: int = 64,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.max_response_bytes = max_response_bytes
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,  # loopback: never route through a proxy from the environment
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: str | bytes | None = None,
+    ) -> dict[str, Any]:
+        """Send one request; return ``{"status": int, "headers": {lower-case: str}, "body": str}``.
+
+        Any HTTP status is a return value; only a missing answer raises
+        :class:`SessionServiceError` (``http_error``: refused, reset, timeout, response over
+        ``max_response_bytes``; ``bad_request``: malformed method, URL or headers). The body is
+        decoded as UTF-8 (invalid bytes replaced).
+        """
+        if not method or not method.isascii() or not method.isalpha():
+            raise SessionServiceError("bad_request", f"invalid HTTP method {method!r}")
+        content = body.encode("utf-8") if isinstance(body, str) else body
+        try:
+            with self._client.stream(
+                method.upper(), url, headers=dict(headers or {}), content=content
+            ) as response:
+                data = self._read_limited(response, method, url)
+                return {
+                    "status": response.status_code,
+                    "headers": {k.lower(): v for k, v in response.headers.items()},
+                    "body": data.decode("utf-8", errors="replace"),
+                }
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.LocalProtocolError) as exc:
+            raise SessionServiceError(
+                "bad_request", f"{method} {url}: {type(exc).__name__}: {exc}"
+            ) from exc
+        except (UnicodeError, ValueError, TypeError) as exc:  # e.g. non-ASCII header values
+            raise SessionServiceError("bad_request", f"{method} {url}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise SessionServiceError(
+                "http_error", f"{method} {url}: timed out ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise SessionServiceError(
+                "http_error", f"{method} {url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _read_limited(self, response: httpx.Response, method: str, url: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise SessionServiceError(
+                    "http_error",
+                    f"{method} {url}: response exceeds {self.max_response_bytes} bytes",
+                    status=response.status_code,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- the session API -----------------------------------------------------------------------
+
+    def create(self, message: Mapping[str, Any]) -> str:
+        """POST the session message; return the new session id."""
+        answer = self.request(
+            "POST",
+            "/sessions",
+            {"content-type": "application/json"},
+            json.dumps(dict(message), separators=(",", ":")),
+        )
+        body = self._expect(answer, "POST /sessions", 201, 200)
+        session_id = body.get("session_id") if isinstance(body, dict) else None
+        if not isinstance(session_id, str):
+            raise SessionServiceError(
+                "http_error", "POST /sessions: answer has no session_id", status=answer["status"]
+            )
+        return session_id
+
+    def delete(self, session_id: str) -> bool:
+        """DELETE the session: True if it was deleted, False if the service did not know it."""
+        answer = self.request("DELETE", f"/sessions/{session_id}")
+        if answer["status"] == 404:
+            return False
+        self._expect(answer, f"DELETE /sessions/{session_id}", 204, 200)
+        return True
+
+    def list(self) -> list[dict[str, Any]]:
+        """The live sessions: ``[{"session_id", "message", "created"}, …]``."""
+        body = self._expect(self.request("GET", "/sessions"), "GET /sessions", 200)
+        if not isinstance(body, list):
+            raise SessionServiceError("http_error", "GET /sessions: answer is not a list")
+        return body
+
+    @staticmethod
+    def _expect(answer: dict[str, Any], what: str, *ok: int) -> Any:
+        status: int = answer["status"]
+        text: str = answer["body"]
+        if status not in ok:
+            raise SessionServiceError(
+                "http_error", f"{what}: status {status}: {text[:200]}", status=status
+            )
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SessionServiceError(
+                "http_error", f"{what}: answer is not JSON: {exc}", status=status
+            ) from exc
