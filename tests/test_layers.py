@@ -1,0 +1,81 @@
+"""The import rules each package's docstring states, checked on the source.
+
+Every ``import`` in a package's files (at any depth, type-checking-only ones included) must name
+a first-party package that the package may import; and each package's ``__init__`` docstring
+says so in a sentence starting "May import", naming exactly those packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST_PARTY = ("bootstrap", "domain", "integrations", "projections", "scripts", "tests")
+
+# package -> the first-party packages its code may import (itself always allowed)
+MAY_IMPORT: dict[str, frozenset[str]] = {
+    "domain": frozenset(),
+    "integrations": frozenset({"domain"}),
+    "projections": frozenset({"domain"}),
+    "bootstrap": frozenset({"domain", "integrations", "projections"}),
+    "scripts": frozenset({"bootstrap", "domain", "integrations", "projections"}),
+}
+
+
+def imported_packages(path: Path) -> Iterator[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.lineno, node.module.split(".")[0]
+
+
+def violations(package: str) -> list[str]:
+    allowed = MAY_IMPORT[package] | {package}
+    found = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, name in imported_packages(path):
+            if name in FIRST_PARTY and name not in allowed:
+                found.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    return found
+
+
+def stated_rule(package: str) -> frozenset[str]:
+    """The first-party packages the "May import" sentence of the docstring names."""
+    docstring = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text())) or ""
+    match = re.search(r"May import(.*?)(?:[.;]\s|[.;]$)", docstring, re.DOTALL)
+    assert match, f"{package}/__init__.py's docstring has no 'May import …' sentence"
+    named = set(re.findall(r"``(\w+)``", match.group(1)))
+    return frozenset(named & set(FIRST_PARTY))
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_a_package_imports_only_what_its_rule_allows(package: str) -> None:
+    assert violations(package) == []
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_each_package_docstring_states_its_rule(package: str) -> None:
+    assert stated_rule(package) == MAY_IMPORT[package]
+
+
+def test_the_check_catches_a_forbidden_import(tmp_path: Path) -> None:
+    """The walk sees imports inside functions and TYPE_CHECKING blocks too."""
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from projections.runner import Projections\n"
+        "def f() -> None:\n    import integrations.runtime\n"
+    )
+    assert [name for _, name in imported_packages(source)] == [
+        "typing",
+        "projections",
+        "integrations",
+    ]
