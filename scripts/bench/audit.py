@@ -13,11 +13,9 @@ from domain.service import SNAPSHOT_INTERVAL
 from projections.audit import Timeline
 from scripts.bench.harness import (
     AUDIT,
-    TIME_UNIT,
     Bench,
     Measurement,
     Step,
-    Target,
     Timings,
     load_average,
     timed,
@@ -89,16 +87,12 @@ def measure_audit(store: ScratchStore, events: int, runs: int, step: Step) -> Me
                 run()
     finally:
         svc.close()
-    return Measurement(
-        name=AUDIT,
+    return Measurement.latency(
+        AUDIT,
+        total,
+        baseline,
         backend=backend,
-        unit=TIME_UNIT,
-        value=total.percentile_us(0.5),
-        baseline=baseline.percentile_us(0.5),
-        n=total.n,
-        p50=total.percentile_us(0.5),
-        p99=total.percentile_us(0.99),
-        target=Target(AUDIT_TARGET_US, "value", "<="),
+        ceiling_us=AUDIT_TARGET_US,
         notes=(
             f"value: p50 of Timeline.load(svc, job_id) + state_at(latest) (what `sequent audit` "
             f"reads) for one job of {job_events:,} events (create, submit, SessionSpawned, "

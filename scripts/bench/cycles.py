@@ -23,8 +23,6 @@ from scripts.bench.harness import (
     CYCLES,
     Bench,
     Measurement,
-    Sizes,
-    Step,
     Target,
     Timings,
     load_average,
@@ -34,10 +32,7 @@ from scripts.bench.stores import open_store
 
 
 def measure(bench: Bench) -> list[Measurement]:
-    return [measure_job_cycles(bench.config.sizes, bench.workdir, bench.step)]
-
-
-def measure_job_cycles(sizes: Sizes, workdir: Path, step: Step) -> Measurement:
+    sizes, workdir, step = bench.config.sizes, bench.workdir, bench.step
     load = load_average()
     batch, rounds = sizes.cycle_batch, sizes.cycle_rounds
     with SessionService() as sessions:
@@ -78,39 +73,42 @@ def measure_job_cycles(sizes: Sizes, workdir: Path, step: Step) -> Measurement:
         step(f"{CYCLES}: baseline")
         baseline = _bare_cycles(workdir / "cycles-baseline.db", sizes.cycle_baseline)
     cycles = batch * rounds
-    return Measurement(
-        name=CYCLES,
-        unit="cycles/s",
-        value=cycles / (prep + dispatch),
-        baseline=baseline.rate(),
-        n=cycles,
-        p50=per_invocation.percentile_us(0.5),
-        p99=per_invocation.percentile_us(0.99),
-        target=Target(1000.0, "value", ">="),
-        notes=(
-            "value: jobs per second through create -> configure -> submit (batches of "
-            f"{batch}), then Dispatcher.run_once over the batch (claim, wasm, Cedar, POST to a "
-            "loopback SessionService, guarded SessionSpawned), on SQLite, wired by "
-            "bootstrap.build_system; baseline: the same domain steps with no claim, wasm, Cedar "
-            "or HTTP (create -> configure -> submit -> complete(SessionSpawned)), one by one. "
-            "p50/p99: one invocation inside the dispatcher (claim + run + complete), under its "
-            "16-way concurrency, so including the wait for the GIL and SQLite's one writer."
-        ),
-        details={
-            "loadavg_1m": load,
-            "batch": batch,
-            "rounds": rounds,
-            "applied": applied,
-            "dispatch_errors": stats.errors,
-            "discarded": dict(stats.discarded),
-            "prep_us_per_job": prep / cycles * 1e6,
-            "dispatch_us_per_job": dispatch / cycles * 1e6,
-            "concurrency": dispatcher.limiter.total_tokens,
-            "store_transactions_per_cycle": 5,
-            "baseline": baseline.summary(),
-            "http_post_roundtrip": http.summary(),
-        },
-    )
+    return [
+        Measurement(
+            name=CYCLES,
+            unit="cycles/s",
+            value=cycles / (prep + dispatch),
+            baseline=baseline.rate(),
+            n=cycles,
+            p50=per_invocation.percentile_us(0.5),
+            p99=per_invocation.percentile_us(0.99),
+            target=Target(1000.0, "value", ">="),
+            notes=(
+                "value: jobs per second through create -> configure -> submit (batches of "
+                f"{batch}), then Dispatcher.run_once over the batch (claim, wasm, Cedar, POST to a "
+                "loopback SessionService, guarded SessionSpawned), on SQLite, wired by "
+                "bootstrap.build_system; baseline: the same domain steps with no claim, wasm, "
+                "Cedar or HTTP (create -> configure -> submit -> complete(SessionSpawned)), one "
+                "by one. p50/p99: one invocation inside the dispatcher (claim + run + complete), "
+                "under its 16-way concurrency, so including the wait for the GIL and SQLite's one "
+                "writer."
+            ),
+            details={
+                "loadavg_1m": load,
+                "batch": batch,
+                "rounds": rounds,
+                "applied": applied,
+                "dispatch_errors": stats.errors,
+                "discarded": dict(stats.discarded),
+                "prep_us_per_job": prep / cycles * 1e6,
+                "dispatch_us_per_job": dispatch / cycles * 1e6,
+                "concurrency": dispatcher.limiter.total_tokens,
+                "store_transactions_per_cycle": 5,
+                "baseline": baseline.summary(),
+                "http_post_roundtrip": http.summary(),
+            },
+        )
+    ]
 
 
 def _post_session(client: SessionClient, url: str) -> None:

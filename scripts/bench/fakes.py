@@ -5,7 +5,6 @@ it makes. They replace the network, never the code under measurement."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer
@@ -23,13 +22,7 @@ def created() -> dict[str, Any]:
 class CannedClient(SessionClient):
     """The session client the Cedar-checked host calls out through, answering at once."""
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None = None,
-        body: str | bytes | None = None,
-    ) -> dict[str, Any]:
+    def request(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return created()
 
 
@@ -50,16 +43,8 @@ class TimedAuthorizer(CedarAuthorizer):
         super().__init__(*args, **kwargs)
         self.timings = Timings()
 
-    def check(
-        self,
-        integration: str,
-        module_sha256: str,
-        method: str,
-        url: str,
-        job_id: str,
-        invocation_id: str,
-    ) -> AuthzOutcome:
+    def check(self, *args: Any, **kwargs: Any) -> AuthzOutcome:
         started = time.perf_counter_ns()
-        outcome = super().check(integration, module_sha256, method, url, job_id, invocation_id)
+        outcome = super().check(*args, **kwargs)
         self.timings.add(time.perf_counter_ns() - started)
         return outcome

@@ -61,6 +61,34 @@ class Measurement:
     backend: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def latency(
+        cls,
+        name: str,
+        measured: Timings,
+        baseline: Timings,
+        *,
+        ceiling_us: float,
+        notes: str,
+        details: Mapping[str, Any],
+        backend: str | None = None,
+    ) -> Measurement:
+        """A time measurement: the p50 of ``measured`` against the p50 of ``baseline`` (lower
+        is better), with §7's target a ceiling on the p50, in us."""
+        return cls(
+            name=name,
+            backend=backend,
+            unit=TIME_UNIT,
+            value=measured.percentile_us(0.5),
+            baseline=baseline.percentile_us(0.5),
+            n=measured.n,
+            p50=measured.percentile_us(0.5),
+            p99=measured.percentile_us(0.99),
+            target=Target(ceiling_us, "value", "<="),
+            notes=notes,
+            details=details,
+        )
+
     @property
     def better(self) -> Better:
         return "lower" if self.unit == TIME_UNIT else "higher"

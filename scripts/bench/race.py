@@ -5,11 +5,10 @@ Created to its last SessionSpawned, read back from the log. DESIGN.md §7 sets n
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from uuid import UUID
 
 from domain.log import JOB_CREATED, JOB_SESSION_SPAWNED, log_reader
-from scripts.bench.harness import RACE, Bench, Measurement, Step, Timings, load_average
+from scripts.bench.harness import RACE, Bench, Measurement, Timings, load_average
 from scripts.bench.stores import open_store
 from scripts.cli.race import RaceConfig, run_race
 
@@ -17,10 +16,7 @@ RACE_SEED = 7
 
 
 def measure(bench: Bench) -> list[Measurement]:
-    return [measure_race(bench.config.sizes.race_jobs, bench.workdir, bench.step)]
-
-
-def measure_race(jobs: int, workdir: Path, step: Step) -> Measurement:
+    jobs, workdir, step = bench.config.sizes.race_jobs, bench.workdir, bench.step
     load = load_average()
     results = {}
     latencies = Timings()
@@ -34,28 +30,30 @@ def measure_race(jobs: int, workdir: Path, step: Step) -> Measurement:
     guarded, unguarded = results["guarded"], results["baseline"]
     keys = ("running", "failed", "wrongly_failed", "stale_completions", "applied", "discarded",
             "orphan_sessions", "timeouts", "runs", "events", "seconds")  # fmt: skip
-    return Measurement(
-        name=RACE,
-        unit="jobs/s",
-        value=guarded["jobs"] / guarded["seconds"],
-        baseline=unguarded["jobs"] / unguarded["seconds"],
-        n=guarded["jobs"],
-        p50=latencies.percentile_us(0.5),
-        p99=latencies.percentile_us(0.99),
-        notes=(
-            f"value: scripts.cli.race.run_race with {jobs} jobs, seed {RACE_SEED}, guarded, "
-            "on SQLite (jobs / the race's own seconds, set-up excluded); baseline: the same "
-            "seed with the incident's unguarded completions (--baseline), which does different "
-            "work: jobs it wrongly fails are not retried. Both are dominated by the seeded slow "
-            "answers (1.5 s) and Ready timeouts the race injects. p50/p99: per job, from "
-            "Created to its last SessionSpawned. §7 sets no target."
-        ),
-        details={
-            "loadavg_1m": load,
-            "guarded": {k: guarded[k] for k in keys},
-            "baseline": {k: unguarded[k] for k in keys},
-        },
-    )
+    return [
+        Measurement(
+            name=RACE,
+            unit="jobs/s",
+            value=guarded["jobs"] / guarded["seconds"],
+            baseline=unguarded["jobs"] / unguarded["seconds"],
+            n=guarded["jobs"],
+            p50=latencies.percentile_us(0.5),
+            p99=latencies.percentile_us(0.99),
+            notes=(
+                f"value: scripts.cli.race.run_race with {jobs} jobs, seed {RACE_SEED}, guarded, on "
+                "SQLite (jobs / the race's own seconds, set-up excluded); baseline: the same seed "
+                "with the incident's unguarded completions (--baseline), which does different "
+                "work: jobs it wrongly fails are not retried. Both are dominated by the seeded "
+                "slow answers (1.5 s) and Ready timeouts the race injects. p50/p99: per job, from "
+                "Created to its last SessionSpawned. §7 sets no target."
+            ),
+            details={
+                "loadavg_1m": load,
+                "guarded": {k: guarded[k] for k in keys},
+                "baseline": {k: unguarded[k] for k in keys},
+            },
+        )
+    ]
 
 
 def time_to_running(url: str) -> Timings:

@@ -1,5 +1,6 @@
-"""The argparse types of every command, each written once: a value that does not parse is a
-one-line usage error (exit 2) naming what was expected, never a traceback."""
+"""The argparse side of every command: the one way a subcommand is declared (``add_command``),
+and the argument types, each written once; a value that does not parse is a one-line usage
+error (exit 2) naming what was expected, never a traceback."""
 
 from __future__ import annotations
 
@@ -9,8 +10,23 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from scripts.cli.output import OneLineParser
+
 Args = argparse.Namespace
 Handler = Callable[[Args], int]
+Subcommands = Any  # argparse's _SubParsersAction, which argparse does not export
+
+
+def add_command(
+    sub: Subcommands, common: OneLineParser, name: str, *, command: str | None = None,
+    **options: Any,
+) -> OneLineParser:  # fmt: skip
+    """Declares subcommand ``name``, with ``--db`` and ``--json`` (``common``), run by the
+    handler its group lists as ``command`` (default: ``name``); ``options`` (help,
+    description...) go to argparse."""
+    parser: OneLineParser = sub.add_parser(name, parents=[common], **options)
+    parser.set_defaults(command=command or name)
+    return parser
 
 
 def json_value(text: str) -> Any:

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from projections.audit import Completion, JobStateAt, Timeline
-from scripts.cli.args import Args, Handler, version_number
+from scripts.cli.args import Args, Handler, Subcommands, add_command, version_number
 from scripts.cli.output import (
     EVENT_STYLES,
     OneLineParser,
@@ -160,10 +160,11 @@ def state_table(at: JobStateAt, latest: int) -> Table:
 # -- parser -----------------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    audit = sub.add_parser(
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    audit = add_command(
+        sub,
+        common,
         "audit",
-        parents=[common],
         help="a job's timeline: events, invocations, verdicts, decisions; state at any version",
         description="Reads the event store directly (not the read models). Invocations are "
         "labelled A, B, C... in the order the job started them.",
@@ -184,7 +185,6 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
         metavar="FILE",
         help="write the whole history (job, invocations, decisions) as JSON lines",
     )
-    audit.set_defaults(command="audit")
 
 
 HANDLERS: Mapping[str, Handler] = {"audit": run_audit}

@@ -19,7 +19,7 @@ from domain import CurationService
 from domain.authorization import DecisionStatus
 from domain.policy_book import PolicyView
 from projections.schema import DecisionRow
-from scripts.cli.args import Args, Handler
+from scripts.cli.args import Args, Handler, Subcommands, add_command
 from scripts.cli.output import OneLineParser, emit, short, table
 from scripts.cli.root import read_models, store_command
 
@@ -100,32 +100,35 @@ HANDLERS: Mapping[str, Handler] = {
 }
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    decisions = sub.add_parser(
-        "decisions", parents=[common], help="list / approve / reject authorization decisions"
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    decisions = add_command(
+        sub, common, "decisions", help="list / approve / reject authorization decisions"
     )
     decisions.add_argument("--status", choices=[s.value for s in DecisionStatus], default=None)
-    decisions.set_defaults(command="decisions")
     verbs = decisions.add_subparsers(dest="decision_command", metavar="VERB")
-    approve = verbs.add_parser("approve", parents=[common], help="approve: adds a scoped permit")
-    reject = verbs.add_parser("reject", parents=[common], help="reject a pending decision")
-    for verb, parser in (("approve", approve), ("reject", reject)):
+    approve = add_command(
+        verbs, common, "approve", command="decisions approve", help="approve: adds a scoped permit"
+    )
+    reject = add_command(
+        verbs, common, "reject", command="decisions reject", help="reject a pending decision"
+    )
+    for parser in (approve, reject):
         parser.add_argument("decision", metavar="ID", help="decision id (UUID)")
         parser.add_argument("--by", default="operator", help="who decides (for the audit)")
-        parser.set_defaults(command=f"decisions {verb}")
     reject.add_argument("--reason", default="")
 
-    policies = sub.add_parser("policies", parents=[common], help="list / add / revoke policies")
-    policies.set_defaults(command="policies")
+    policies = add_command(sub, common, "policies", help="list / add / revoke policies")
     verbs = policies.add_subparsers(dest="policy_command", metavar="VERB")
-    add = verbs.add_parser("add", parents=[common], help="add a Cedar policy (schema-checked)")
+    add = add_command(
+        verbs, common, "add", command="policies add", help="add a Cedar policy (schema-checked)"
+    )
     source = add.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the policy text")
     source.add_argument("--file", type=argparse.FileType("r"), help="a file with the policy")
     add.add_argument("--reason", default="")
-    add.set_defaults(command="policies add")
-    revoke = verbs.add_parser("revoke", parents=[common], help="revoke an active policy")
+    revoke = add_command(
+        verbs, common, "revoke", command="policies revoke", help="revoke an active policy"
+    )
     revoke.add_argument("policy", metavar="ID", help="policy id (UUID)")
     revoke.add_argument("--by", default="operator")
     revoke.add_argument("--reason", default="")
-    revoke.set_defaults(command="policies revoke")

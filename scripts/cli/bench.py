@@ -35,7 +35,7 @@ from scripts.bench import (
     parse_names,
     run_bench,
 )
-from scripts.cli.args import Args, Handler, positive_float, positive_int
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_float, positive_int
 from scripts.cli.output import OneLineParser, emit
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -178,10 +178,11 @@ def render(out: Console, results: Sequence[Measurement]) -> None:
 # -- parser ------------------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    bench = sub.add_parser(
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    bench = add_command(
+        sub,
+        common,
         "bench",
-        parents=[common],
         help="the benchmark suite of DESIGN.md §7, as ratios against baselines run alongside",
         description="Measures the guarded completion against a bare eventsourcing loop (memory, "
         "SQLite, and PostgreSQL with --pg or --db postgresql://...), the sandbox invocation "
@@ -216,7 +217,6 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
         help="events in the rebuild's log (default 100,000; 10,000 with --quick); "
         "1000000 checks the peak-RSS target",
     )
-    bench.set_defaults(command="bench")
 
 
 HANDLERS: Mapping[str, Handler] = {"bench": run_bench_command}

@@ -33,7 +33,7 @@ from domain import (
     JobView,
     Verdict,
 )
-from scripts.cli.args import Args, Handler
+from scripts.cli.args import Args, Handler, Subcommands, add_command
 from scripts.cli.jobs import verdict_payload
 from scripts.cli.output import EXIT_OK, OneLineParser, emit, history_table, report, short
 
@@ -241,12 +241,12 @@ def run_demo(args: Args) -> int:
 HANDLERS: Mapping[str, Handler] = {"demo": run_demo}
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    demo = sub.add_parser(
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    add_command(
+        sub,
+        common,
         "demo",
-        parents=[common],
         help="walk one job through the incident by hand and check the guard held",
         description="Without --db, uses a fresh SQLite file .sequent/demo.db ($SEQUENT_DB is "
         "not used, so the demo never writes into your store unless you name it).",
     )
-    demo.set_defaults(command="demo")

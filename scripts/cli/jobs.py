@@ -20,7 +20,7 @@ from domain import (
     Verdict,
     as_uuid,
 )
-from scripts.cli.args import Args, Handler, json_value
+from scripts.cli.args import Args, Handler, Subcommands, add_command, json_value
 from scripts.cli.output import OneLineParser, fields_table, history_table, to_jsonable
 from scripts.cli.root import store_command
 
@@ -143,15 +143,14 @@ HANDLERS: Mapping[str, Handler] = {
 # -- parsers ----------------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
     job = sub.add_parser("job", parents=[common], help="commands on one job")
     actions = job.add_subparsers(dest="job_command", metavar="ACTION", required=True)
 
     def command(name: str, summary: str) -> OneLineParser:
-        parser: OneLineParser = actions.add_parser(
-            name, parents=[common], help=summary, description=summary
+        parser = add_command(
+            actions, common, name, command=f"job {name}", help=summary, description=summary
         )
-        parser.set_defaults(command=f"job {name}")
         if name != "create":
             parser.add_argument("job", metavar="JOB", help="job id (UUID)")
         return parser
@@ -179,7 +178,7 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
     complete.add_argument("--params", type=json_value, default=None, metavar="JSON")
     command("show", "print the job's current state")
 
-    history = sub.add_parser("history", parents=[common], help="a job's events in order")
+    history = add_command(sub, common, "history", help="a job's events in order")
     history.add_argument("job", metavar="JOB", help="job id (UUID)")
     history.add_argument(
         "--no-invocations",
@@ -187,4 +186,3 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
         action="store_false",
         help="only the job's own events, not those of its invocations",
     )
-    history.set_defaults(command="history")

@@ -118,7 +118,8 @@ def _encode(value: Any) -> Any:
 
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
-    """``value`` as JSON; anything neither JSON, ``plain`` nor a dataclass raises TypeError."""
+    """``value`` as JSON, compact unless indented; anything neither JSON, ``plain`` nor a
+    dataclass raises TypeError."""
     separators = None if indent else (",", ":")
     return json.dumps(value, default=_encode, indent=indent, separators=separators)
 
@@ -130,10 +131,6 @@ def to_jsonable(value: Any) -> Any:
 
 def print_json(value: Any, stream: TextIO | None = None) -> None:
     print(json_text(value, indent=2), file=stream or sys.stdout)
-
-
-def compact(value: Any) -> str:
-    return json_text(value)
 
 
 def emit(as_json: bool, payload: Any, render: Render) -> int:
@@ -172,7 +169,7 @@ def _brief_value(value: Any) -> str:
         return short(value)
     if isinstance(value, str) and " " not in value:
         return value
-    return compact(value)
+    return json_text(value)
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
@@ -191,7 +188,7 @@ def fields_table(title: str, fields: Mapping[str, Any]) -> Table:
     out.add_column("field", style="bold", no_wrap=True)
     out.add_column("value", overflow="fold")
     for name, value in fields.items():
-        text = "-" if value is None else value if isinstance(value, str) else compact(value)
+        text = "-" if value is None else value if isinstance(value, str) else json_text(value)
         out.add_row(name, Text(text))
     return out
 

@@ -49,7 +49,7 @@ from domain.invocation import Invocation
 from domain.job import CurationJob
 from integrations.authorizer import default_policies
 from integrations.session_service import SessionService
-from scripts.cli.args import Args, Handler, positive_int
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_int
 from scripts.cli.output import OneLineParser, emit
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
@@ -338,10 +338,11 @@ def race_table(results: Sequence[Mapping[str, Any]]) -> Table:
 HANDLERS: Mapping[str, Handler] = {"race": run_race_command}
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    race = sub.add_parser(
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    race = add_command(
+        sub,
+        common,
         "race",
-        parents=[common],
         help="run the incident end to end with real parts (guarded, or --baseline)",
         description="N jobs submitted at once against two loopback session services; Cedar "
         "denies one of them until the decisions are approved; slow answers make runs complete "
@@ -352,4 +353,3 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
     mode = race.add_mutually_exclusive_group()
     mode.add_argument("--baseline", action="store_true", help="the incident's unguarded handling")
     mode.add_argument("--compare", action="store_true", help="both runs, side by side")
-    race.set_defaults(command="race")

@@ -19,7 +19,7 @@ from projections.recorders import hash_rows
 from projections.runner import RebuildReport
 from projections.verify import VerifyReport
 from projections.views import VIEW_NAMES
-from scripts.cli.args import Args, Handler, positive_float, positive_int
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_float, positive_int
 from scripts.cli.output import OneLineParser, emit, short, table
 from scripts.cli.root import read_models
 from scripts.cli.signals import stop_on_signals
@@ -231,35 +231,30 @@ def run_project(args: Args) -> int:
 # -- parsers ------------------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    jobs = sub.add_parser(
-        "jobs", parents=[common], help="jobs from the job_status read model (caught up first)"
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    jobs = add_command(
+        sub, common, "jobs", help="jobs from the job_status read model (caught up first)"
     )
     jobs.add_argument("--state", choices=[s.value for s in JobState], default=None)
-    jobs.set_defaults(command="jobs")
 
-    discarded = sub.add_parser(
-        "discarded", parents=[common], help="discarded completions from the dispatch_audit model"
+    discarded = add_command(
+        sub, common, "discarded", help="discarded completions from the dispatch_audit model"
     )
     discarded.add_argument("--job", metavar="JOB", default=None, help="only this job's")
-    discarded.set_defaults(command="discarded")
 
-    sessions = sub.add_parser(
-        "sessions", parents=[common], help="sessions reported by completions, and orphans"
+    sessions = add_command(
+        sub, common, "sessions", help="sessions reported by completions, and orphans"
     )
     sessions.add_argument(
         "--orphans", action="store_true", help="only discarded sessions nobody stopped"
     )
-    sessions.set_defaults(command="sessions")
 
-    status = sub.add_parser(
-        "status", parents=[common], help="each read model's position, the head, and the lag"
-    )
-    status.set_defaults(command="status")
+    add_command(sub, common, "status", help="each read model's position, the head, and the lag")
 
-    rebuild = sub.add_parser(
+    rebuild = add_command(
+        sub,
+        common,
         "rebuild",
-        parents=[common],
         help="rebuild read models from the first notification (default: all)",
         description="Replays into shadow tables while the live ones keep serving, then swaps "
         "them in at the head in one transaction; compares checksums of old and new.",
@@ -271,20 +266,18 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
         metavar="NAME",
         help=f"one of {', '.join(VIEW_NAMES)}",
     )
-    rebuild.set_defaults(command="rebuild")
 
-    verify = sub.add_parser(
-        "verify", parents=[common], help="replay parity of the read models with the event history"
+    verify = add_command(
+        sub, common, "verify", help="replay parity of the read models with the event history"
     )
     verify.add_argument(
         "--no-catch-up",
         action="store_true",
         help="compare the read models where they stand, without applying newer events first",
     )
-    verify.set_defaults(command="verify")
 
-    project = sub.add_parser(
-        "project", parents=[common], help="run the projection runner (until SIGTERM/SIGINT)"
+    project = add_command(
+        sub, common, "project", help="run the projection runner (until SIGTERM/SIGINT)"
     )
     project.add_argument("--once", action="store_true", help="catch up to the head, then exit")
     project.add_argument("--batch-size", type=positive_int, default=1000, metavar="N")
@@ -295,7 +288,6 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
         metavar="SECONDS",
         help="how often SQLite is polled; PostgreSQL is followed live",
     )
-    project.set_defaults(command="project")
 
 
 HANDLERS: Mapping[str, Handler] = {

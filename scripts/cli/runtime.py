@@ -17,7 +17,7 @@ from bootstrap import build_system
 from integrations.host import NoNetwork
 from integrations.invoke import invoke_module, sample_input
 from integrations.runtime import SandboxLimits
-from scripts.cli.args import Args, Handler, json_value, positive_int
+from scripts.cli.args import Args, Handler, Subcommands, add_command, json_value, positive_int
 from scripts.cli.output import OneLineParser, emit, fields_table
 from scripts.cli.root import settings
 from scripts.cli.signals import stop_on_signals
@@ -65,8 +65,8 @@ def run_worker(args: Args) -> int:
 HANDLERS: Mapping[str, Handler] = {"invoke": run_invoke, "worker": run_worker}
 
 
-def add_parsers(sub: Any, common: OneLineParser) -> None:
-    invoke = sub.add_parser("invoke", parents=[common], help="run one module once in the sandbox")
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    invoke = add_command(sub, common, "invoke", help="run one module once in the sandbox")
     invoke.add_argument("--module", type=Path, required=True, metavar="FILE", help=".wasm or .wat")
     invoke.add_argument("--input", type=json_value, default=None, metavar="JSON")
     invoke.add_argument("--fuel", type=positive_int, default=None)
@@ -76,11 +76,9 @@ def add_parsers(sub: Any, common: OneLineParser) -> None:
         action="store_true",
         help="answer every http_call 'denied' instead of asking Cedar and calling out",
     )
-    invoke.set_defaults(command="invoke")
 
-    worker = sub.add_parser("worker", parents=[common], help="run a dispatcher against --db")
+    worker = add_command(sub, common, "worker", help="run a dispatcher against --db")
     worker.add_argument("--concurrency", type=positive_int, default=16)
     worker.add_argument("--lease", type=float, default=60.0, metavar="SECONDS")
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--once", action="store_true", help="run what is pending, then exit")
-    worker.set_defaults(command="worker")
