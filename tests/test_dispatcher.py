@@ -13,7 +13,7 @@ import pytest
 
 from bootstrap import Settings, System, build_system
 from domain import CurationService, Discarded, JobState
-from integrations.authorizer import default_policies
+from domain.cedar import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
 from integrations.runtime import SandboxLimits
 from integrations.session_service import SessionService
