@@ -61,7 +61,7 @@ class InvocationView:
     attempt: int
     expected_version: int
     integration: str
-    module_sha256: str
+    module_sha256: str  # the module of the latest claim (before any claim, what Started named)
     started: bool
     completions: int
     verdicts: list[dict[str, Any]]
