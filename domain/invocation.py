@@ -61,13 +61,10 @@ class Invocation(Aggregate):
         )
 
     @property
-    def settled(self) -> bool:
-        """True once a completion has been decided; any later completion is a duplicate."""
-        return bool(self.verdicts)
-
-    @property
     def finished(self) -> bool:
-        """True once any completion arrived: the run is over, whatever its verdict."""
+        """True once a completion has arrived. Its ``Finished`` and the verdict on it are
+        recorded together (``record``, saved in one ``save``), so this is also "decided": the
+        run is over, it cannot be claimed, and any later completion is a duplicate."""
         return self.completions > 0
 
     def claim(self, worker: str, now: datetime, lease: timedelta, module_sha256: str) -> None:

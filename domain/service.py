@@ -21,7 +21,7 @@ from domain.errors import (
     JobNotFound,
 )
 from domain.followers import JobDeadlines, PendingInvocations
-from domain.guard import decide
+from domain.guard import Apply, decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
@@ -175,15 +175,18 @@ class CurationService(Application[UUID]):
             invocation = self._invocation_or_none(dispatch.invocation_id)
         if invocation is not None and invocation.job_id != job_id:
             raise InvalidDispatch(dispatch.invocation_id, f"it belongs to job {invocation.job_id}")
-        verdict = decide(job, invocation, dispatch, action)
+        decision = decide(job, invocation, dispatch, action)
         if invocation is None:
             invocation = Invocation.unrecognised(
                 id=dispatch.invocation_id, job_id=job_id, expected_version=dispatch.expected_version
             )
         loaded[invocation.id] = invocation
-        if isinstance(verdict, Applied):
+        verdict: Verdict
+        if isinstance(decision, Apply):
             job.perform(action, values, invocation_id=dispatch.invocation_id)
             verdict = Applied(dispatch.invocation_id, job.version)
+        else:
+            verdict = decision
         invocation.record(action, values, verdict)
         return verdict
 
