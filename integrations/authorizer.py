@@ -26,9 +26,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-import cedarpy
+from typing import TYPE_CHECKING, Any
 
 from domain.cedar import (
     HTTP_CALL,
@@ -47,6 +45,9 @@ from domain.cedar import (
 from domain.errors import MalformedURL
 from domain.policy_book import PolicyBook
 from domain.views import PolicySnapshot
+
+if TYPE_CHECKING:  # only its types: domain/cedar.py is what calls cedarpy
+    import cedarpy
 
 MAX_CACHED_PRINCIPALS = 256
 
