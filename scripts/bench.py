@@ -65,13 +65,14 @@ from psycopg import sql
 from bootstrap import Settings, build_system
 from bootstrap.settings import POLICY_STALENESS_SECONDS
 from domain import CurationService, Dispatch
+from domain.cedar import default_policies
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied
 from domain.service import SNAPSHOT_INTERVAL, completion_values
 from domain.store_url import parse_store_url, postgres_conninfo
 from domain.transitions import TRANSITIONS
-from integrations.authorizer import AuthzOutcome, CedarAuthorizer, default_policies
+from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from integrations.host import (
     HostSession,
     bound,

@@ -32,8 +32,8 @@ from domain import (
     as_uuid,
 )
 from domain.authorization import DecisionStatus
-from domain.policy_book import DecisionView, PolicyView
 from domain.store_url import DB_URL_ENV, DEFAULT_DB_URL, default_url
+from domain.views import DecisionView, PolicyView
 from scripts import (
     audit_commands,
     bench_commands,

@@ -40,9 +40,9 @@ from domain import (
     JobState,
     Verdict,
 )
+from domain.cedar import default_policies
 from domain.invocation import Invocation
 from domain.job import CurationJob
-from integrations.authorizer import default_policies
 from integrations.session_service import SessionService
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
