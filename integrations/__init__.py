@@ -4,8 +4,8 @@
 compiled-policy cache and the decision, over ``domain.cedar``, Cedar's home, and the policy
 book), the sandboxed runner and its host (``sandboxed.py``), the session service and its client
 (``session_service.py``, ``session_client.py``), and the dispatcher that claims invocations
-from the store, runs them and completes them through the guard (``dispatcher.py``). It may
-import ``domain`` and the libraries it adapts (``wasmtime``, ``httpx``, ``anyio``; ``cedarpy``
-for type annotations only, its calls live in ``domain/cedar.py``), and never ``bootstrap``,
-``projections`` or ``scripts``; ``tests/test_imports.py`` checks this.
+from the store, runs them and completes them through the guard (``dispatcher.py``).
+
+May import ``domain`` and the libraries it adapts (wasmtime, httpx, anyio; cedarpy for type
+annotations only, its calls live in ``domain/cedar.py``). ``tests/test_layers.py`` checks this.
 """
