@@ -92,7 +92,6 @@ def build_system(settings: Settings | None = None) -> System:
     path = settings.module or build_session_message_wasm(settings.modules_dir)
     loaded = runtime.load(path.read_bytes())
     service = open_service(settings)
-    service.module_sha256 = loaded.sha256
     return System(
         settings=settings,
         service=service,

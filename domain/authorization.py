@@ -13,62 +13,14 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import SequentError
+from domain.cedar import scoped_permit
+from domain.errors import DecisionAlreadyDecided, PolicyAlreadyRevoked
 
 
 class DecisionStatus(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"
-
-
-# -- errors -----------------------------------------------------------------------------------
-
-
-class InvalidPolicy(SequentError):
-    """Cedar refused the policy text (parse or schema validation); nothing was written."""
-
-    def __init__(self, why: str, errors: tuple[str, ...] = ()) -> None:
-        self.why = why
-        self.errors = errors
-        detail = "; ".join(errors)
-        super().__init__(f"invalid Cedar policy: {why}" + (f": {detail}" if detail else ""))
-
-
-class PolicyNotFound(SequentError):
-    def __init__(self, policy_id: UUID) -> None:
-        self.policy_id = policy_id
-        super().__init__(f"policy {policy_id} not found")
-
-
-class PolicyAlreadyRevoked(SequentError):
-    def __init__(self, policy_id: UUID, by: str, reason: str) -> None:
-        self.policy_id = policy_id
-        self.by = by
-        super().__init__(
-            f"policy {policy_id} was already revoked by {by!r} ({reason or 'no reason'})"
-        )
-
-
-class DecisionNotFound(SequentError):
-    def __init__(self, decision_id: UUID) -> None:
-        self.decision_id = decision_id
-        super().__init__(f"decision {decision_id} not found")
-
-
-class DecisionAlreadyDecided(SequentError):
-    """Approving or rejecting a decision that is no longer pending; nothing was written."""
-
-    def __init__(self, decision_id: UUID, status: str, by: str, attempted: str) -> None:
-        self.decision_id = decision_id
-        self.status = status
-        self.by = by
-        super().__init__(
-            f"cannot {attempted} decision {decision_id}: it was already {status} by {by!r}"
-        )
-
-
-# -- aggregates -------------------------------------------------------------------------------
 
 
 class Policy(Aggregate):
@@ -129,6 +81,11 @@ class Decision(Aggregate):
         self.decided_by: str | None = None
         self.policy_id: UUID | None = None
         self.rejection_reason = ""
+
+    @property
+    def permit(self) -> str:
+        """The policy approving this decision adds: exactly this request, nothing wider."""
+        return scoped_permit(self.principal, self.action, self.resource)
 
     def approve(self, by: str, policy_id: UUID) -> None:
         self.require_pending("approve")

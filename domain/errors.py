@@ -113,3 +113,54 @@ class StoreUnavailable(SequentError):
     def __init__(self, url: str, why: str) -> None:
         self.url = url
         super().__init__(f"store {url!r} is unavailable: {why}")
+
+
+class MalformedURL(SequentError):
+    def __init__(self, url: object, why: str) -> None:
+        self.url = url
+        self.why = why
+        shown = url if not isinstance(url, str) or len(url) <= 200 else url[:200] + "…"
+        super().__init__(f"malformed URL {shown!r}: {why}")
+
+
+class InvalidPolicy(SequentError):
+    """Cedar refused the policy text (parse or schema validation); nothing was written."""
+
+    def __init__(self, why: str, errors: tuple[str, ...] = ()) -> None:
+        self.why = why
+        self.errors = errors
+        detail = "; ".join(errors)
+        super().__init__(f"invalid Cedar policy: {why}" + (f": {detail}" if detail else ""))
+
+
+class PolicyNotFound(SequentError):
+    def __init__(self, policy_id: UUID) -> None:
+        self.policy_id = policy_id
+        super().__init__(f"policy {policy_id} not found")
+
+
+class PolicyAlreadyRevoked(SequentError):
+    def __init__(self, policy_id: UUID, by: str, reason: str) -> None:
+        self.policy_id = policy_id
+        self.by = by
+        super().__init__(
+            f"policy {policy_id} was already revoked by {by!r} ({reason or 'no reason'})"
+        )
+
+
+class DecisionNotFound(SequentError):
+    def __init__(self, decision_id: UUID) -> None:
+        self.decision_id = decision_id
+        super().__init__(f"decision {decision_id} not found")
+
+
+class DecisionAlreadyDecided(SequentError):
+    """Approving or rejecting a decision that is no longer pending; nothing was written."""
+
+    def __init__(self, decision_id: UUID, status: str, by: str, attempted: str) -> None:
+        self.decision_id = decision_id
+        self.status = status
+        self.by = by
+        super().__init__(
+            f"cannot {attempted} decision {decision_id}: it was already {status} by {by!r}"
+        )

@@ -13,53 +13,38 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import Notification
-from eventsourcing.utils import get_topic
 
-from domain.invocation import Invocation
-from domain.job import CurationJob
-from domain.transitions import STATE_TIMEOUTS, TRANSITIONS, JobState
-
-# Declared by @event on the aggregates, so named here by topic rather than attribute.
-_STARTED = get_topic(Invocation) + ".Started"
-_FINISHED = get_topic(Invocation) + ".Finished"
-# Every job event, and the state the job is in right after it (read off the table).
-_STATE_AFTER = {get_topic(CurationJob) + "." + t.event: t.target for t in TRANSITIONS.values()}
+from domain.log import FINISHED, JOB_TOPICS, STARTED, STATE_AFTER, Notice, log_reader
+from domain.transitions import STATE_TIMEOUTS, JobState
 
 
-class NotificationFollower:
-    """Reads, incrementally and in batches, the notifications with ``topics``."""
+class LogFollower:
+    """Folds, incrementally and in batches, the notices of ``topics``; ``position`` is how far
+    the log has been read (past notices of other topics too, so they are not read again)."""
 
     topics: tuple[str, ...] = ()
 
     def __init__(self, app: Application[Any], batch_size: int = 1000) -> None:
-        self._app = app
+        self._log = log_reader(app.recorder, app.mapper)
         self._batch_size = batch_size
         self.position = 0
 
     def read_new(self) -> None:
-        while True:
-            notifications = self._app.recorder.select_notifications(
-                start=self.position,
-                limit=self._batch_size,
-                topics=self.topics,
-                inclusive_of_start=False,
-            )
-            for n in notifications:
-                self.fold(n)
-            if notifications:
-                self.position = notifications[-1].id
-            if len(notifications) < self._batch_size:
-                return
+        """Folds every notice recorded since the last call, up to the head as of now."""
+        head = self._log.head()
+        for batch, covered in self._log.batches(self.position, head, self.topics, self._batch_size):
+            for notice in batch:
+                self.fold(notice)
+            self.position = covered
 
-    def fold(self, notification: Notification) -> None:
+    def fold(self, notice: Notice) -> None:
         raise NotImplementedError
 
 
-class PendingInvocations(NotificationFollower):
+class PendingInvocations(LogFollower):
     """An incremental fold of Started/Finished notifications into the set still open."""
 
-    topics = (_STARTED, _FINISHED)
+    topics = (STARTED, FINISHED)
 
     def __init__(self, app: Application[Any], batch_size: int = 1000) -> None:
         super().__init__(app, batch_size)
@@ -70,19 +55,18 @@ class PendingInvocations(NotificationFollower):
         self.read_new()
         return list(self._open)
 
-    def fold(self, notification: Notification) -> None:
-        invocation_id = UUID(str(notification.originator_id))
-        if notification.topic == _STARTED:
-            self._open[invocation_id] = None
+    def fold(self, notice: Notice) -> None:
+        if notice.topic == STARTED:
+            self._open[notice.originator_id] = None
         else:
-            self._open.pop(invocation_id, None)
+            self._open.pop(notice.originator_id, None)
 
 
-class JobDeadlines(NotificationFollower):
+class JobDeadlines(LogFollower):
     """Each job's state and the moment its state timeout runs out (from its last event, as
     ``CurationJob.timeout_at``); jobs in a state without a timeout are forgotten."""
 
-    topics = tuple(_STATE_AFTER)
+    topics = JOB_TOPICS
 
     def __init__(
         self,
@@ -104,12 +88,11 @@ class JobDeadlines(NotificationFollower):
             if deadline <= now and state not in skip
         ]
 
-    def fold(self, notification: Notification) -> None:
-        job_id = UUID(str(notification.originator_id))
-        state = _STATE_AFTER[notification.topic]
+    def fold(self, notice: Notice) -> None:
+        state = STATE_AFTER[notice.topic]
         limit = self._timeouts.get(state)
         if limit is None:
-            self._deadlines.pop(job_id, None)
+            self._deadlines.pop(notice.originator_id, None)
             return
-        event: Any = self._app.mapper.to_domain_event(notification)
-        self._deadlines[job_id] = (state, event.timestamp + limit)
+        # Only a job still in a state with a timeout costs decoding its event.
+        self._deadlines[notice.originator_id] = (state, notice.event.timestamp + limit)

@@ -6,11 +6,20 @@ It is the whole reason sequent exists: a completion from a run the job has moved
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-from domain.outcomes import Applied, Discarded, DiscardReason, Dispatch, Verdict
+from domain.outcomes import Discarded, DiscardReason, Dispatch
 from domain.transitions import JobState, transition
+
+
+@dataclass(frozen=True)
+class Apply:
+    """The guard's go-ahead: the completion may be applied to its job. The caller applies it
+    and records ``Applied`` with the version that produced, which only it can know."""
+
+    invocation_id: UUID
 
 
 class GuardedJob(Protocol):
@@ -23,21 +32,20 @@ class GuardedJob(Protocol):
 
 class GuardedInvocation(Protocol):
     @property
-    def settled(self) -> bool: ...
+    def finished(self) -> bool: ...
 
 
 def decide(
     job: GuardedJob, invocation: GuardedInvocation | None, dispatch: Dispatch, action: str
-) -> Verdict:
-    """``Applied`` carries the job's version *before* the action; the service fills in the
-    version the action produced once it has applied it."""
+) -> Apply | Discarded:
+    """``Apply``, or ``Discarded`` with the first reason that holds, in the order below."""
 
     def discard(reason: DiscardReason) -> Discarded:
         return Discarded(dispatch.invocation_id, reason, job.version, str(job.state))
 
     if invocation is None:
         return discard(DiscardReason.UNKNOWN_INVOCATION)
-    if invocation.settled:
+    if invocation.finished:
         return discard(DiscardReason.DUPLICATE)
     if job.current_invocation != dispatch.invocation_id:
         return discard(DiscardReason.SUPERSEDED)
@@ -47,4 +55,4 @@ def decide(
         # Unreachable while the table keeps Submit/RepairRequired landing in Ready, and kept so
         # that a future row cannot turn an invalid transition into anything but a discard.
         return discard(DiscardReason.JOB_MOVED_ON)
-    return Applied(dispatch.invocation_id, job.version)
+    return Apply(dispatch.invocation_id)

@@ -1,5 +1,10 @@
 """The Invocation aggregate: one per dispatched integration run, and the audit record of every
-completion that named it."""
+completion that named it.
+
+``module_sha256`` is the module that ran: each worker records the module it is about to run on
+its ``Claimed``. ``Started`` still takes one (empty for invocations started since workers
+record it) so that invocations recorded before then load as they were.
+"""
 
 from __future__ import annotations
 
@@ -56,24 +61,22 @@ class Invocation(Aggregate):
         )
 
     @property
-    def settled(self) -> bool:
-        """True once a completion has been decided; any later completion is a duplicate."""
-        return bool(self.verdicts)
-
-    @property
     def finished(self) -> bool:
-        """True once any completion arrived: the run is over, whatever its verdict."""
+        """True once a completion has arrived. Its ``Finished`` and the verdict on it are
+        recorded together (``record``, saved in one ``save``), so this is also "decided": the
+        run is over, it cannot be claimed, and any later completion is a duplicate."""
         return self.completions > 0
 
-    def claim(self, worker: str, now: datetime, lease: timedelta) -> None:
-        """Takes (or renews) the lease to run this invocation. Two workers racing for it both
-        append Claimed at the same version, so the store lets exactly one of them win."""
+    def claim(self, worker: str, now: datetime, lease: timedelta, module_sha256: str) -> None:
+        """Takes (or renews) the lease to run this invocation with the module whose sha256 is
+        ``module_sha256``. Two workers racing for it both append Claimed at the same version,
+        so the store lets exactly one of them win."""
         if self.finished:
             raise InvocationFinished(self.id)
         holder, until = self.lease_holder, self.lease_until
         if holder is not None and until is not None and until > now and holder != worker:
             raise LeaseHeld(self.id, holder, until)
-        self._claimed(worker=worker, lease_until=now + lease)
+        self._claimed(worker=worker, lease_until=now + lease, module_sha256=module_sha256)
 
     def compensate(self, session_id: str) -> None:
         """Records that a session left behind by a discarded completion was stopped."""
@@ -92,9 +95,13 @@ class Invocation(Aggregate):
         )
 
     @event("Claimed")
-    def _claimed(self, worker: str, lease_until: datetime) -> None:
+    def _claimed(self, worker: str, lease_until: datetime, module_sha256: str = "") -> None:
+        # The default loads Claimed events recorded before claims named their module; those
+        # leave the sha Started recorded in place.
         self.lease_holder = worker
         self.lease_until = lease_until
+        if module_sha256:
+            self.module_sha256 = module_sha256
 
     @event("Compensated")
     def _compensated(self, session_id: str) -> None:

@@ -2,18 +2,19 @@
 
 It wraps any ``eventsourcing`` ``Application[UUID]`` by composition (``PolicyBook(app)``) and
 uses only ``app.save``, ``app.repository``, ``app.events``, ``app.mapper`` and
-``app.recorder``.
+``app.recorder``; it reads the log through ``domain.log``'s reader, like every other follower.
 
-The Cedar schema lives here, next to the policies it validates: a policy is validated before it
-is written, so the store never holds text the authorizer could not use.
+A policy is validated against the Cedar schema (``domain/cedar.py``) before it is written, so
+the store never holds text the authorizer could not use.
 
 **The cache key.** ``policy_version()`` is the notification id of the last Policy event
 (``PolicyAdded`` / ``PolicyRevoked``); it changes exactly when a policy event lands, in this
 process or any other sharing the store. It is kept by an incremental fold of the notification
 log: a cursor remembers how far the log has been looked at, so a call costs one
 ``max(notification_id)`` query when nothing was written since the last call, and when other
-events were written, one more range query over just those new rows filtered by policy topics
-(both use the primary key). The same fold holds the active policies, so ``active_policies()``
+events were written, a range read of just those new rows filtered by policy topics (one query
+per ``batch_size`` notification ids on PostgreSQL, see ``domain.log``; both use the primary
+key). The same fold holds the active policies, so ``active_policies()``
 costs the same. The cursor is safe because notification ids become visible in order (SQLite
 has one writer; eventsourcing's PostgreSQL recorder locks the table while it inserts).
 
@@ -26,30 +27,28 @@ asked the store; policy writes through the same book are still seen by the very 
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
-from datetime import datetime
-from functools import cache
+from dataclasses import replace
 from typing import Any, TypeVar
 from uuid import UUID
 
-import cedarpy
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import Notification
 
-from domain.authorization import (
-    Decision,
-    DecisionNotFound,
-    DecisionStatus,
-    InvalidPolicy,
-    Policy,
-    PolicyNotFound,
+from domain.authorization import Decision, DecisionStatus, Policy
+from domain.cedar import (
+    ACTION_TYPE,
+    CEDAR_SCHEMA,
+    HTTP_CALL,
+    PRINCIPAL_TYPE,
+    RESOURCE_TYPE,
+    check_policy_text,
+    entity_uid,
+    parse_schema,
 )
-from domain.errors import InvalidParams
+from domain.errors import DecisionNotFound, InvalidParams, PolicyNotFound
 from domain.ids import as_uuid
 from domain.log import (
     DECISION_APPROVED,
@@ -59,130 +58,15 @@ from domain.log import (
     POLICY_ADDED,
     POLICY_REVOKED,
     POLICY_TOPICS,
+    Notice,
+    log_reader,
 )
 from domain.store_errors import retrying, store_call
-from domain.views import HistoryEntry
+from domain.views import DecisionView, HistoryEntry, PolicySnapshot, PolicyView
 
 T = TypeVar("T")
 
-# The authorization model (DESIGN.md §3), in Cedar's human-readable schema format.
-CEDAR_SCHEMA = """\
-// sequent: which integration may call which HTTP endpoint.
-entity Integration = { module_sha256: String };
-entity HttpEndpoint;
-action http_call appliesTo {
-  principal: [Integration],
-  resource: [HttpEndpoint],
-  context: { method: String, job_id: String },
-};
-"""
-
-PRINCIPAL_TYPE = "Integration"
-RESOURCE_TYPE = "HttpEndpoint"
-ACTION_TYPE = "Action"
-HTTP_CALL = "http_call"
-
-MAX_POLICY_CHARS = 64 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 NOTIFICATION_BATCH = 1000
-
-
-# -- Cedar text, typed ------------------------------------------------------------------------
-
-
-def cedar_string(value: str) -> str:
-    """A Cedar string literal for ``value``. Control characters have no safe spelling in every
-    Cedar parser, so they are refused (ValueError) rather than escaped."""
-    if _CONTROL.search(value):
-        raise ValueError(f"control characters are not allowed in a Cedar id: {value!r}")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def entity_uid(entity_type: str, entity_id: str) -> str:
-    """``Integration::"build_session_message"`` from its type and id."""
-    return f"{entity_type}::{cedar_string(entity_id)}"
-
-
-def scoped_permit(principal_uid: str, action_uid: str, resource_uid: str) -> str:
-    """The policy an approval adds: exactly this principal, action and resource, nothing wider."""
-    return (
-        f"permit(principal == {principal_uid}, action == {action_uid}, resource == {resource_uid});"
-    )
-
-
-@cache
-def parse_schema(text: str = CEDAR_SCHEMA) -> cedarpy.Schema:
-    """The parsed schema handle (parsed once per distinct text). ValueError if invalid."""
-    schema: cedarpy.Schema = cedarpy.Schema.from_str(text)
-    return schema
-
-
-def validation_errors(text: str, schema: cedarpy.Schema) -> list[str]:
-    """Cedar's parse and schema-validation errors for ``text``; empty when it is valid."""
-    result = cedarpy.validate_policies(text, schema)
-    if result.validation_passed:
-        return []
-    return [str(e) for e in result.errors] or ["cedar refused the policy text"]
-
-
-def check_policy_text(text: object, schema: cedarpy.Schema) -> str:
-    """Returns ``text`` if it is one or more static Cedar policies valid against ``schema``;
-    raises InvalidPolicy with Cedar's message otherwise."""
-    if not isinstance(text, str):
-        raise InvalidPolicy(f"expected the policy as text, got {type(text).__name__}")
-    if len(text) > MAX_POLICY_CHARS:
-        raise InvalidPolicy(f"{len(text)} characters is over the limit of {MAX_POLICY_CHARS}")
-    errors = validation_errors(text, schema)
-    if errors:
-        raise InvalidPolicy("it does not validate against the schema", tuple(errors))
-    parsed = cedarpy.PolicySet.from_str(text)
-    if parsed.templates():
-        raise InvalidPolicy("templates (?principal / ?resource slots) are not supported")
-    if len(parsed) == 0:
-        raise InvalidPolicy("it contains no policy statement")
-    return text
-
-
-# -- views ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PolicyView:
-    id: UUID
-    text: str
-    version: int
-    reason: str
-    decision_id: UUID | None
-    added_on: datetime
-    active: bool = True
-    revoked_by: str | None = None
-
-
-@dataclass(frozen=True)
-class PolicySnapshot:
-    """The active policies as of ``version`` (see ``PolicyBook.policy_version``)."""
-
-    version: int
-    policies: tuple[PolicyView, ...]
-
-
-@dataclass(frozen=True)
-class DecisionView:
-    id: UUID
-    status: DecisionStatus
-    principal: str
-    action: str
-    resource: str
-    job_id: str
-    invocation_id: str
-    module_sha256: str
-    context: dict[str, Any]
-    reason: str
-    requested_on: datetime
-    version: int
-    decided_by: str | None = None
-    policy_id: UUID | None = None
-    rejection_reason: str = ""
 
 
 def _text(command: str, name: str, value: object, *, required: bool, limit: int = 2000) -> str:
@@ -211,6 +95,7 @@ class PolicyBook:
         self._app = app
         self.schema_text = schema
         self.schema = parse_schema(schema)
+        self._log = log_reader(app.recorder, app.mapper)
         self._batch_size = batch_size
         self.max_staleness = max_staleness
         self._clock = clock
@@ -272,7 +157,7 @@ class PolicyBook:
         if now - self._read_at < self.max_staleness:
             return self._version
         with self._store_call():
-            head = self._app.recorder.max_notification_id() or 0
+            head = self._log.head()
             if head > self._scanned_to:
                 with self._lock:
                     self._catch_up(head)
@@ -282,7 +167,7 @@ class PolicyBook:
     def policy_snapshot(self) -> PolicySnapshot:
         """The active policies and the version they are as of, read together."""
         with self._store_call():
-            head = self._app.recorder.max_notification_id() or 0
+            head = self._log.head()
             with self._lock:
                 self._catch_up(head)
                 return PolicySnapshot(self._version, tuple(self._active.values()))
@@ -295,16 +180,7 @@ class PolicyBook:
         pid = as_uuid(policy_id, "policy")
         with self._store_call():
             policy = self._get(pid, Policy, PolicyNotFound)
-        return PolicyView(
-            id=policy.id,
-            text=policy.text,
-            version=policy.version,
-            reason=policy.reason,
-            decision_id=policy.decision_id,
-            added_on=policy.created_on,
-            active=policy.active,
-            revoked_by=policy.revoked_by,
-        )
+        return PolicyView.of(policy)
 
     # -- decision commands --------------------------------------------------------------------
 
@@ -355,9 +231,7 @@ class PolicyBook:
         def once() -> UUID:
             decision = self._get(did, Decision, DecisionNotFound)
             decision.require_pending("approve")
-            text = self.validate(
-                scoped_permit(decision.principal, decision.action, decision.resource)
-            )
+            text = self.validate(decision.permit)
             existing = next((p for p in self.active_policies() if p.text == text), None)
             if existing is not None:
                 decision.approve(by=by, policy_id=existing.id)
@@ -390,23 +264,7 @@ class PolicyBook:
         did = as_uuid(decision_id, "decision")
         with self._store_call():
             d = self._get(did, Decision, DecisionNotFound)
-        return DecisionView(
-            id=d.id,
-            status=d.status,
-            principal=d.principal,
-            action=d.action,
-            resource=d.resource,
-            job_id=d.job_id,
-            invocation_id=d.invocation_id,
-            module_sha256=d.module_sha256,
-            context=dict(d.context),
-            reason=d.reason,
-            requested_on=d.created_on,
-            version=d.version,
-            decided_by=d.decided_by,
-            policy_id=d.policy_id,
-            rejection_reason=d.rejection_reason,
-        )
+        return DecisionView.of(d)
 
     def decisions(self, status: DecisionStatus | str | None = None) -> list[DecisionView]:
         """Every decision (oldest first), or those with ``status`` pending/approved/rejected.
@@ -420,8 +278,8 @@ class PolicyBook:
                 raise InvalidParams("decisions", [f"status must be one of {known}"]) from None
         views: dict[UUID, DecisionView] = {}
         with self._store_call():
-            for n in self._notifications(0, None, DECISION_TOPICS):
-                _fold_decision(views, n, self._event(n))
+            for notice in self._log.notices(DECISION_TOPICS, limit=self._batch_size):
+                _fold_decision(views, notice)
         return [v for v in views.values() if wanted is None or v.status == wanted]
 
     def decision_history(self, decision_id: UUID | str) -> list[HistoryEntry]:
@@ -440,39 +298,21 @@ class PolicyBook:
         """Folds policy events in (scanned_to, head]; the caller holds the lock."""
         if head <= self._scanned_to:
             return
-        for n in self._notifications(self._scanned_to, head, POLICY_TOPICS):
-            event = self._event(n)
-            policy_id = UUID(str(n.originator_id))
-            if n.topic == POLICY_ADDED:
-                self._active[policy_id] = PolicyView(
-                    id=policy_id,
+        for notice in self._log.notices(POLICY_TOPICS, self._scanned_to, head, self._batch_size):
+            if notice.topic == POLICY_ADDED:
+                event = notice.event
+                self._active[notice.originator_id] = PolicyView(
+                    id=notice.originator_id,
                     text=event.text,
-                    version=n.originator_version,
+                    version=notice.version,
                     reason=event.reason,
                     decision_id=event.decision_id,
                     added_on=event.timestamp,
                 )
-            elif n.topic == POLICY_REVOKED:
-                self._active.pop(policy_id, None)
-            self._version = n.id
+            elif notice.topic == POLICY_REVOKED:
+                self._active.pop(notice.originator_id, None)
+            self._version = notice.id
         self._scanned_to = head  # written last: a reader that sees it also sees _version
-
-    def _notifications(
-        self, after: int, stop: int | None, topics: Sequence[str]
-    ) -> Iterator[Notification]:
-        start = after
-        while True:
-            batch = self._app.recorder.select_notifications(
-                start=start,
-                limit=self._batch_size,
-                stop=stop,
-                topics=topics,
-                inclusive_of_start=False,
-            )
-            yield from batch
-            if len(batch) < self._batch_size:
-                return
-            start = batch[-1].id
 
     def _history(
         self,
@@ -486,9 +326,6 @@ class PolicyBook:
         if not events or not isinstance(events[0], kind.Event):
             raise missing(aggregate_id)
         return [HistoryEntry.of(label, e) for e in events]
-
-    def _event(self, notification: Notification) -> Any:
-        return self._app.mapper.to_domain_event(notification)
 
     def _get(self, aggregate_id: UUID, kind: type[T], missing: Callable[[UUID], Exception]) -> T:
         try:
@@ -510,9 +347,10 @@ class PolicyBook:
         return str(getattr(self._app, "url", type(self._app).__name__))
 
 
-def _fold_decision(views: dict[UUID, DecisionView], n: Notification, event: Any) -> None:
-    decision_id = UUID(str(n.originator_id))
-    if n.topic == DECISION_REQUESTED:
+def _fold_decision(views: dict[UUID, DecisionView], notice: Notice) -> None:
+    decision_id = notice.originator_id
+    event = notice.event
+    if notice.topic == DECISION_REQUESTED:
         views[decision_id] = DecisionView(
             id=decision_id,
             status=DecisionStatus.PENDING,
@@ -525,25 +363,25 @@ def _fold_decision(views: dict[UUID, DecisionView], n: Notification, event: Any)
             context=dict(event.context),
             reason=event.reason,
             requested_on=event.timestamp,
-            version=n.originator_version,
+            version=notice.version,
         )
         return
     view = views.get(decision_id)
     if view is None:
         return  # its Requested is missing from the log: nothing sensible to show
-    if n.topic == DECISION_APPROVED:
+    if notice.topic == DECISION_APPROVED:
         views[decision_id] = replace(
             view,
             status=DecisionStatus.APPROVED,
             decided_by=event.by,
             policy_id=event.policy_id,
-            version=n.originator_version,
+            version=notice.version,
         )
-    elif n.topic == DECISION_REJECTED:
+    elif notice.topic == DECISION_REJECTED:
         views[decision_id] = replace(
             view,
             status=DecisionStatus.REJECTED,
             decided_by=event.by,
             rejection_reason=event.reason,
-            version=n.originator_version,
+            version=notice.version,
         )

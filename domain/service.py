@@ -21,7 +21,7 @@ from domain.errors import (
     JobNotFound,
 )
 from domain.followers import JobDeadlines, PendingInvocations
-from domain.guard import decide
+from domain.guard import Apply, decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
@@ -59,26 +59,19 @@ class CurationService(Application[UUID]):
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {CurationJob: SNAPSHOT_INTERVAL}
     max_conflict_retries = MAX_CONFLICT_RETRIES
 
-    def __init__(
-        self,
-        env: Mapping[str, str] | None = None,
-        *,
-        url: str = "memory://",
-        module_sha256: str = "",
-    ) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None, *, url: str = "memory://") -> None:
         super().__init__(env)
         self.url = url
-        self.module_sha256 = module_sha256  # recorded on each Started; set by the composition root
         self.policies = PolicyBook(self)  # Cedar policies and authorization decisions
 
     @classmethod
-    def open(cls, url: str | None = None, *, module_sha256: str = "") -> CurationService:
+    def open(cls, url: str | None = None) -> CurationService:
         """Opens the store named by ``url`` (default: ``$SEQUENT_DB`` or a SQLite file under
         ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable."""
         config: StoreConfig = parse_store_url(url or default_url())
         config.prepare()
         with store_call(config.url):
-            return cls(config.env, url=config.url, module_sha256=module_sha256)
+            return cls(config.env, url=config.url)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -182,15 +175,18 @@ class CurationService(Application[UUID]):
             invocation = self._invocation_or_none(dispatch.invocation_id)
         if invocation is not None and invocation.job_id != job_id:
             raise InvalidDispatch(dispatch.invocation_id, f"it belongs to job {invocation.job_id}")
-        verdict = decide(job, invocation, dispatch, action)
+        decision = decide(job, invocation, dispatch, action)
         if invocation is None:
             invocation = Invocation.unrecognised(
                 id=dispatch.invocation_id, job_id=job_id, expected_version=dispatch.expected_version
             )
         loaded[invocation.id] = invocation
-        if isinstance(verdict, Applied):
+        verdict: Verdict
+        if isinstance(decision, Apply):
             job.perform(action, values, invocation_id=dispatch.invocation_id)
             verdict = Applied(dispatch.invocation_id, job.version)
+        else:
+            verdict = decision
         invocation.record(action, values, verdict)
         return verdict
 
@@ -225,14 +221,18 @@ class CurationService(Application[UUID]):
         worker: str,
         lease: timedelta,
         now: datetime | None = None,
+        *,
+        module_sha256: str,
     ) -> Dispatch:
-        """Takes the lease on an invocation (LeaseHeld if another worker has it, and
-        InvocationFinished if it is done) and returns the Dispatch to run it under."""
+        """Takes the lease on an invocation for ``worker``, which is about to run the module
+        whose sha256 is ``module_sha256`` (recorded on the claim: the audit names the module
+        that ran, not one the submitter guessed). LeaseHeld if another worker has it,
+        InvocationFinished if it is done; else the Dispatch to run it under."""
         invocation_uuid = as_uuid(invocation_id, "invocation")
 
         def once() -> Dispatch:
             invocation = self._invocation(invocation_uuid)
-            invocation.claim(worker, now or datetime.now(UTC), lease)
+            invocation.claim(worker, now or datetime.now(UTC), lease, module_sha256)
             self.save(invocation)
             return Dispatch(
                 invocation.job_id, invocation.id, invocation.expected_version, invocation.attempt
@@ -303,7 +303,6 @@ class CurationService(Application[UUID]):
             expected_version=job.version,  # the version right after Submitted/RepairRequired
             attempt=job.attempt,
             integration=DEFAULT_INTEGRATION,
-            module_sha256=self.module_sha256,
         )
 
     def _retrying(self, what: str, once: Callable[[], T]) -> T:

@@ -1,4 +1,6 @@
-"""Read-only values the service hands out: a job's current state and its recorded history.
+"""Read-only values the services hand out: a job's and an invocation's current state, the
+recorded history of any aggregate, and the policies and authorization decisions of the policy
+book.
 
 Everything here is plain data (UUIDs and datetimes aside) so the CLI can print it as JSON.
 """
@@ -10,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from domain.authorization import Decision, DecisionStatus, Policy
 from domain.invocation import Invocation
 from domain.job import CurationJob
 
@@ -58,7 +61,7 @@ class InvocationView:
     attempt: int
     expected_version: int
     integration: str
-    module_sha256: str
+    module_sha256: str  # the module of the latest claim (before any claim, what Started named)
     started: bool
     completions: int
     verdicts: list[dict[str, Any]]
@@ -105,4 +108,76 @@ class HistoryEntry:
             version=event.originator_version,
             timestamp=event.timestamp,
             data=data,
+        )
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    id: UUID
+    text: str
+    version: int
+    reason: str
+    decision_id: UUID | None
+    added_on: datetime
+    active: bool = True
+    revoked_by: str | None = None
+
+    @classmethod
+    def of(cls, policy: Policy) -> PolicyView:
+        return cls(
+            id=policy.id,
+            text=policy.text,
+            version=policy.version,
+            reason=policy.reason,
+            decision_id=policy.decision_id,
+            added_on=policy.created_on,
+            active=policy.active,
+            revoked_by=policy.revoked_by,
+        )
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """The active policies as of ``version`` (see ``PolicyBook.policy_version``)."""
+
+    version: int
+    policies: tuple[PolicyView, ...]
+
+
+@dataclass(frozen=True)
+class DecisionView:
+    id: UUID
+    status: DecisionStatus
+    principal: str
+    action: str
+    resource: str
+    job_id: str
+    invocation_id: str
+    module_sha256: str
+    context: dict[str, Any]
+    reason: str
+    requested_on: datetime
+    version: int
+    decided_by: str | None = None
+    policy_id: UUID | None = None
+    rejection_reason: str = ""
+
+    @classmethod
+    def of(cls, decision: Decision) -> DecisionView:
+        return cls(
+            id=decision.id,
+            status=decision.status,
+            principal=decision.principal,
+            action=decision.action,
+            resource=decision.resource,
+            job_id=decision.job_id,
+            invocation_id=decision.invocation_id,
+            module_sha256=decision.module_sha256,
+            context=dict(decision.context),
+            reason=decision.reason,
+            requested_on=decision.created_on,
+            version=decision.version,
+            decided_by=decision.decided_by,
+            policy_id=decision.policy_id,
+            rejection_reason=decision.rejection_reason,
         )

@@ -10,8 +10,10 @@ whose id the caller fails the job with; approving it adds a permit for exactly t
 **Cache.** The active policies are compiled into one Cedar ``PolicySet`` and kept with the
 ``policy_version()`` they are as of; a check re-compiles only when that version changes (a
 policy event landed, in any process). Principals' entities (name + sha256) are parsed once
-each. So a warm check costs one cheap store query (see ``domain/policies.py``) plus one Cedar
-evaluation against pre-parsed handles.
+each. So a warm check costs one cheap store query (see ``domain/policy_book.py``) plus one
+Cedar evaluation against pre-parsed handles. The Cedar vocabulary itself (schema, uids,
+endpoints, request and permit text, parsing) lives in ``domain/cedar.py``; this module keeps
+the cache and the decision.
 
 The request itself is not re-validated against the schema on each call (that doubles Cedar's
 cost): this module builds it from validated parts, the principal's entities are validated
@@ -21,46 +23,33 @@ again when it is compiled.
 
 from __future__ import annotations
 
-import json
-import re
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
-import cedarpy
-
-from domain.errors import SequentError
-from domain.invocation import DEFAULT_INTEGRATION
-from domain.policy_book import (
-    ACTION_TYPE,
-    CEDAR_SCHEMA,
+from domain.cedar import (
     HTTP_CALL,
     PRINCIPAL_TYPE,
     RESOURCE_TYPE,
-    PolicyBook,
-    PolicySnapshot,
+    authorize,
+    endpoint_of,
     entity_uid,
-    scoped_permit,
+    http_call_request,
+    parse_policy_set,
+    principal_entities,
+    request_problem,
+    static_policies,
     validation_errors,
 )
+from domain.errors import MalformedURL
+from domain.policy_book import PolicyBook
+from domain.views import PolicySnapshot
 
-SCHEMA = CEDAR_SCHEMA  # the one schema: PolicyBook validates with it, this module authorizes
-DEFAULT_PORTS = {"http": 80, "https": 443}
-MAX_URL_CHARS = 8192
+if TYPE_CHECKING:  # only its types: domain/cedar.py is what calls cedarpy
+    import cedarpy
+
 MAX_CACHED_PRINCIPALS = 256
-_METHOD = re.compile(r"[A-Za-z]{1,16}")
-_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f\\]")
-
-
-class MalformedURL(SequentError):
-    def __init__(self, url: object, why: str) -> None:
-        self.url = url
-        self.why = why
-        shown = url if not isinstance(url, str) or len(url) <= 200 else url[:200] + "…"
-        super().__init__(f"malformed URL {shown!r}: {why}")
 
 
 class Denial(StrEnum):
@@ -81,90 +70,6 @@ class AuthzOutcome:
     policies: tuple[str, ...] = ()  # the policies that determined it (permits or forbids)
     errors: tuple[str, ...] = ()  # Cedar's evaluation errors, if any
     policy_version: int = 0
-
-
-@lru_cache(maxsize=4096)
-def endpoint_of(url: object) -> str:
-    """``scheme://host:port/first-segment`` of an http(s) URL, explicit port included:
-    ``http://127.0.0.1:8123/sessions/abc?x=1`` -> ``http://127.0.0.1:8123/sessions``.
-
-    Raises MalformedURL for anything that is not an absolute http(s) URL with a host, or that
-    could mean different things to different parsers (whitespace, backslashes, ``.``/``..``
-    segments, an encoded ``/`` in the first segment)."""
-    if not isinstance(url, str) or not url:
-        raise MalformedURL(url, "expected a non-empty string")
-    if len(url) > MAX_URL_CHARS:
-        raise MalformedURL(url, f"longer than {MAX_URL_CHARS} characters")
-    if _UNSAFE.search(url):
-        raise MalformedURL(url, "contains whitespace, control characters or a backslash")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise MalformedURL(url, str(exc)) from None
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise MalformedURL(url, "needs an http:// or https:// scheme")
-    host = parts.hostname
-    if not host:
-        raise MalformedURL(url, "has no host")
-    if ":" in host:
-        host = f"[{host}]"  # IPv6 literal
-    segments = parts.path.split("/")[1:]
-    decoded = [unquote(s) for s in segments]
-    if any(s in {".", ".."} for s in decoded):
-        raise MalformedURL(url, "has '.' or '..' path segments")
-    first = segments[0] if segments else ""
-    if decoded and ("/" in decoded[0] or "\\" in decoded[0]):
-        raise MalformedURL(url, "has an encoded slash in its first path segment")
-    return f"{scheme}://{host}:{port or DEFAULT_PORTS[scheme]}/{first}"
-
-
-def permit_text(integration: str, endpoint: str) -> str:
-    """The scoped permit for one integration calling one endpoint (what an approval adds)."""
-    return scoped_permit(
-        entity_uid(PRINCIPAL_TYPE, integration),
-        entity_uid(ACTION_TYPE, HTTP_CALL),
-        entity_uid(RESOURCE_TYPE, endpoint),
-    )
-
-
-def default_policies(session_service_url: str, integration: str = DEFAULT_INTEGRATION) -> str:
-    """The policy demos seed: ``integration`` may call the session service's ``/sessions``
-    endpoint (``POST /sessions``, ``DELETE /sessions/{id}``), and nothing else."""
-    base = session_service_url.rstrip("/")
-    return permit_text(integration, endpoint_of(f"{base}/sessions"))
-
-
-# -- cedarpy, typed ---------------------------------------------------------------------------
-
-
-def _static_policies(text: str) -> dict[str, Any]:
-    """The policy text as Cedar's JSON (EST) static policies, keyed by positional id."""
-    est: dict[str, Any] = json.loads(cedarpy.policies_to_json_str(text))
-    if est.get("templates") or est.get("templateLinks"):
-        raise ValueError("templates are not supported")
-    statics: dict[str, Any] = est.get("staticPolicies", {})
-    return statics
-
-
-def _parse_policy_set(static_policies: dict[str, Any]) -> cedarpy.PolicySet:
-    document = {"staticPolicies": static_policies, "templates": {}, "templateLinks": []}
-    policy_set: cedarpy.PolicySet = cedarpy.PolicySet.from_json_str(json.dumps(document))
-    return policy_set
-
-
-def _parse_entities(entities: list[dict[str, Any]], schema: cedarpy.Schema) -> cedarpy.Entities:
-    return cedarpy.Entities.from_json_str(json.dumps(entities), schema)
-
-
-def _authorize(
-    request: dict[str, Any], policies: cedarpy.PolicySet, entities: cedarpy.Entities
-) -> tuple[bool, list[str], list[str]]:
-    """(allowed, determining policy ids, errors)."""
-    result = cedarpy.is_authorized(request, policies, entities)
-    diagnostics = result.diagnostics
-    return result.allowed, list(diagnostics.reasons), list(diagnostics.errors)
 
 
 @dataclass(frozen=True)
@@ -205,7 +110,7 @@ class CedarAuthorizer:
             return AuthzOutcome(False, "", "", None, str(exc), Denial.MALFORMED_REQUEST)
         resource = entity_uid(RESOURCE_TYPE, endpoint)
         job_id, invocation_id = str(job_id), str(invocation_id)
-        problem = _request_problem(integration, module_sha256, method)
+        problem = request_problem(integration, module_sha256, method)
         if problem:
             return AuthzOutcome(False, resource, endpoint, None, problem, Denial.MALFORMED_REQUEST)
         method = method.upper()
@@ -221,14 +126,10 @@ class CedarAuthorizer:
                 policy_version=compiled.version,
             )
         context = {"method": method, "job_id": job_id}
-        request = {
-            "principal": {"type": PRINCIPAL_TYPE, "id": integration},
-            "action": {"type": ACTION_TYPE, "id": HTTP_CALL},
-            "resource": {"type": RESOURCE_TYPE, "id": endpoint},
-            "context": context,
-        }
-        allowed, reasons, errors = _authorize(
-            request, compiled.policy_set, self._principal(integration, module_sha256)
+        allowed, reasons, errors = authorize(
+            http_call_request(integration, endpoint, context),
+            compiled.policy_set,
+            self._principal(integration, module_sha256),
         )
         determining = tuple(dict.fromkeys(r.split("#", 1)[0] for r in reasons))
         if allowed:
@@ -309,7 +210,7 @@ class CedarAuthorizer:
             errors = validation_errors(policy.text, self.book.schema)
             try:
                 if not errors:
-                    for key, body in _static_policies(policy.text).items():
+                    for key, body in static_policies(policy.text).items():
                         statics[f"{policy.id}#{key}"] = body
             except ValueError as exc:
                 errors = [str(exc)]
@@ -317,34 +218,15 @@ class CedarAuthorizer:
                 problems.append(f"policy {policy.id}: {'; '.join(errors)}")
         if problems:
             problem = "the active policies cannot be used (" + " | ".join(problems) + ")"
-            return _Compiled(snapshot.version, _parse_policy_set({}), problem)
-        return _Compiled(snapshot.version, _parse_policy_set(statics), None)
+            return _Compiled(snapshot.version, parse_policy_set({}), problem)
+        return _Compiled(snapshot.version, parse_policy_set(statics), None)
 
     def _principal(self, integration: str, module_sha256: str) -> cedarpy.Entities:
         key = (integration, module_sha256)
         entities = self._principals.get(key)
         if entities is None:
-            entities = _parse_entities(
-                [
-                    {
-                        "uid": {"type": PRINCIPAL_TYPE, "id": integration},
-                        "attrs": {"module_sha256": module_sha256},
-                        "parents": [],
-                    }
-                ],
-                self.book.schema,
-            )
+            entities = principal_entities(integration, module_sha256, self.book.schema)
             if len(self._principals) >= MAX_CACHED_PRINCIPALS:
                 self._principals.clear()
             self._principals[key] = entities
         return entities
-
-
-def _request_problem(integration: object, module_sha256: object, method: object) -> str:
-    if not isinstance(integration, str) or not integration or _UNSAFE.search(integration):
-        return f"malformed integration name {integration!r}"
-    if not isinstance(module_sha256, str):
-        return f"malformed module sha256 {module_sha256!r}"
-    if not isinstance(method, str) or not _METHOD.fullmatch(method):
-        return f"malformed HTTP method {method!r}"
-    return ""

@@ -51,6 +51,11 @@ class RunOutcome:
 class Runner(Protocol):
     """Runs the integration for one dispatch: wasm, host functions, authorization."""
 
+    @property
+    def module_sha256(self) -> str:
+        """The module it runs, recorded on each claim made to run it."""
+        ...
+
     def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome: ...
 
 
@@ -227,7 +232,9 @@ class Dispatcher:
     def process(self, invocation_id: UUID) -> Verdict | None:
         """Claims, runs and completes one invocation; None if another worker has it."""
         try:
-            dispatch = self.service.claim(invocation_id, self.worker_id, self.lease)
+            dispatch = self.service.claim(
+                invocation_id, self.worker_id, self.lease, module_sha256=self.runner.module_sha256
+            )
         except LeaseHeld as held:
             self._not_before[invocation_id] = held.until  # another worker's; look again later
             self.stats.leased_elsewhere += 1

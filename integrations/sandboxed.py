@@ -95,12 +95,16 @@ class SandboxRunner:
         self.integration = integration
         self.limits = limits
 
+    @property
+    def module_sha256(self) -> str:
+        return self.module.sha256
+
     def host_for(self, job_id: str, invocation_id: str) -> AuthorizedHost:
         return AuthorizedHost(
             self.authorizer,
             self.client,
             integration=self.integration,
-            module_sha256=self.module.sha256,
+            module_sha256=self.module_sha256,
             job_id=job_id,
             invocation_id=invocation_id,
         )

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from domain import CurationService
+from domain import CurationService, Dispatch
+from integrations.dispatcher import RunOutcome
 from scripts import cli
 
 PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -134,6 +135,17 @@ def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
 def event_count(service: CurationService) -> int:
     """All events in the store: the measure of "nothing was written"."""
     return service.recorder.max_notification_id() or 0
+
+
+@dataclass(frozen=True)
+class FixedRunner:
+    """A dispatcher's runner without a sandbox: every run comes to ``outcome``."""
+
+    outcome: RunOutcome
+    module_sha256: str = "f" * 64
+
+    def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
+        return self.outcome
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -13,24 +13,18 @@ import pytest
 
 import integrations.authorizer as authorizer_module
 from domain import CurationService, InvalidParams, MalformedId
-from domain.authorization import (
+from domain.authorization import DecisionStatus, Policy
+from domain.cedar import default_policies as default_policy_text
+from domain.cedar import endpoint_of, permit_text, scoped_permit
+from domain.errors import (
     DecisionAlreadyDecided,
     DecisionNotFound,
-    DecisionStatus,
     InvalidPolicy,
-    Policy,
     PolicyAlreadyRevoked,
     PolicyNotFound,
 )
-from domain.policy_book import PolicyBook, scoped_permit
-from integrations.authorizer import (
-    AuthzOutcome,
-    CedarAuthorizer,
-    Denial,
-    endpoint_of,
-    permit_text,
-)
-from integrations.authorizer import default_policies as default_policy_text
+from domain.policy_book import PolicyBook
+from integrations.authorizer import AuthzOutcome, CedarAuthorizer, Denial
 from tests.conftest import event_count
 
 SERVICE = "http://127.0.0.1:8123"
@@ -418,13 +412,13 @@ def test_a_malformed_method_or_integration_is_denied(
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts real Cedar policy-set parses."""
     count: list[int] = []
-    real = authorizer_module._parse_policy_set
+    real = authorizer_module.parse_policy_set
 
     def counting(static_policies: dict[str, Any]) -> Any:
         count.append(len(static_policies))
         return real(static_policies)
 
-    monkeypatch.setattr(authorizer_module, "_parse_policy_set", counting)
+    monkeypatch.setattr(authorizer_module, "parse_policy_set", counting)
     return count
 
 

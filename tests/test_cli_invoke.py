@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from domain import CurationService
-from integrations.authorizer import default_policies
+from domain.cedar import default_policies
 from integrations.modules.build import build_session_message_wasm
 from integrations.session_service import SessionService
 from scripts import cli

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import pytest
+from eventsourcing.application import project_aggregate
 
 from domain import (
     Applied,
@@ -17,10 +19,13 @@ from domain import (
     JobState,
     LeaseHeld,
 )
+from domain.invocation import Invocation
 from domain.transitions import STATE_TIMEOUTS
 from integrations.dispatcher import Dispatcher, RunOutcome
+from tests.conftest import FixedRunner
 
 LEASE = timedelta(seconds=30)
+SHA = "5" * 64  # the module a worker says it is about to run
 
 
 def test_pending_feed_follows_starts_and_finishes(svc: CurationService) -> None:
@@ -40,12 +45,12 @@ def test_pending_feed_follows_starts_and_finishes(svc: CurationService) -> None:
 def test_a_lease_excludes_other_workers_until_it_expires(svc: CurationService) -> None:
     dispatch = svc.submit(svc.create_job({"target": "t"}))
     now = datetime.now(UTC)
-    assert svc.claim(dispatch.invocation_id, "w1", LEASE, now) == dispatch
+    assert svc.claim(dispatch.invocation_id, "w1", LEASE, now, module_sha256=SHA) == dispatch
     with pytest.raises(LeaseHeld) as caught:
-        svc.claim(dispatch.invocation_id, "w2", LEASE, now + LEASE / 2)
+        svc.claim(dispatch.invocation_id, "w2", LEASE, now + LEASE / 2, module_sha256=SHA)
     assert caught.value.holder == "w1"
-    svc.claim(dispatch.invocation_id, "w1", LEASE, now + LEASE / 2)  # renewal by the holder
-    taken_over = svc.claim(dispatch.invocation_id, "w2", LEASE, now + 2 * LEASE)
+    svc.claim(dispatch.invocation_id, "w1", LEASE, now + LEASE / 2, module_sha256=SHA)  # renewal
+    taken_over = svc.claim(dispatch.invocation_id, "w2", LEASE, now + 2 * LEASE, module_sha256=SHA)
     assert taken_over == dispatch
     assert svc.invocation(dispatch.invocation_id).lease_holder == "w2"
 
@@ -54,7 +59,22 @@ def test_a_finished_invocation_cannot_be_claimed(svc: CurationService) -> None:
     dispatch = svc.submit(svc.create_job({"target": "t"}))
     svc.complete(dispatch, "SessionSpawned", {"session_id": "s"})
     with pytest.raises(InvocationFinished):
-        svc.claim(dispatch.invocation_id, "w1", LEASE)
+        svc.claim(dispatch.invocation_id, "w1", LEASE, module_sha256=SHA)
+
+
+def test_a_claim_recorded_before_claims_named_their_module_still_loads(
+    svc: CurationService,
+) -> None:
+    dispatch = svc.submit(svc.create_job({"target": "t"}))
+    svc.claim(dispatch.invocation_id, "w1", LEASE, module_sha256=SHA)
+    started, claimed = svc.recorder.select_events(dispatch.invocation_id)
+    state = svc.mapper.transcoder.decode(claimed.state)
+    del state["module_sha256"]  # as every Claimed was recorded before this field
+    old = replace(claimed, state=svc.mapper.transcoder.encode(state))
+    invocation = project_aggregate(None, [svc.mapper.to_domain_event(s) for s in (started, old)])
+    assert isinstance(invocation, Invocation)
+    assert invocation.lease_holder == "w1"
+    assert invocation.module_sha256 == ""  # Started's, as it was before claims named one
 
 
 def test_racing_claims_have_one_winner(shared_store_url: str) -> None:
@@ -64,7 +84,7 @@ def test_racing_claims_have_one_winner(shared_store_url: str) -> None:
 
         def claim(n: int) -> str:
             try:
-                workers[n].claim(dispatch.invocation_id, f"w{n}", LEASE)
+                workers[n].claim(dispatch.invocation_id, f"w{n}", LEASE, module_sha256=SHA)
             except LeaseHeld:
                 return "held"
             return "won"
@@ -142,10 +162,12 @@ def test_the_dispatcher_sweeps_jobs_past_their_state_timeout(svc: CurationServic
     svc.complete(svc.submit(running), "SessionSpawned", {"session_id": "s"})
     waiting = svc.create_job({"target": "w"})
     # Ready, its run leased by a worker elsewhere that has not finished it yet.
-    svc.claim(svc.submit(waiting).invocation_id, "elsewhere", timedelta(minutes=5))
+    svc.claim(
+        svc.submit(waiting).invocation_id, "elsewhere", timedelta(minutes=5), module_sha256=SHA
+    )
     timeouts = {state: timedelta(milliseconds=50) for state in STATE_TIMEOUTS}
     dispatcher = Dispatcher(
-        svc, lambda *_: RunOutcome(ok={"session_id": "x"}), sweep_interval=0.05, timeouts=timeouts
+        svc, FixedRunner(RunOutcome(ok={"session_id": "x"})), sweep_interval=0.05, timeouts=timeouts
     )
 
     def swept() -> bool:

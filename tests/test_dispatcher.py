@@ -13,10 +13,11 @@ import pytest
 
 from bootstrap import Settings, System, build_system
 from domain import CurationService, Discarded, JobState
-from integrations.authorizer import default_policies
+from domain.cedar import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
 from integrations.runtime import SandboxLimits
 from integrations.session_service import SessionService
+from tests.conftest import FixedRunner
 
 MODULES = Path(__file__).parent / "modules"
 
@@ -68,6 +69,27 @@ def test_a_permitted_run_spawns_a_session_and_applies(
     ]  # fmt: skip
     started = system.service.invocation(dispatch.invocation_id)
     assert started.module_sha256 == system.module.sha256
+
+
+def test_the_invocation_names_the_module_the_worker_ran_not_one_the_submitter_knew(
+    shared_store_url: str, sessions: SessionService
+) -> None:
+    # Submitted as `sequent job submit` does: through a service that knows no module.
+    submitter = CurationService.open(shared_store_url)
+    try:
+        dispatch = submit(submitter, sessions)
+        assert submitter.invocation(dispatch.invocation_id).module_sha256 == ""
+        with build_system(Settings.from_env(store_url=shared_store_url)) as system:
+            permit(system, sessions)
+            anyio.run(system.dispatcher().run_once)
+            ran = system.module.sha256
+        assert submitter.invocation(dispatch.invocation_id).module_sha256 == ran
+        history = {e.name: e.data for e in submitter.invocation_history(dispatch.invocation_id)}
+        assert history["Claimed"]["module_sha256"] == ran
+        assert history["Started"]["module_sha256"] == ""
+        assert submitter.get(dispatch.job_id).state == JobState.RUNNING
+    finally:
+        submitter.close()
 
 
 def test_a_denied_run_fails_its_job_with_the_decision(
@@ -133,7 +155,13 @@ def test_an_expired_lease_is_taken_over_and_the_late_worker_is_a_duplicate(
     dispatch = submit(svc, sessions)
     # Worker A took the lease a while ago and "crashed": its lease has run out.
     long_ago = datetime.now(UTC) - timedelta(minutes=10)
-    svc.claim(dispatch.invocation_id, "worker-a", timedelta(seconds=30), long_ago)
+    svc.claim(
+        dispatch.invocation_id,
+        "worker-a",
+        timedelta(seconds=30),
+        long_ago,
+        module_sha256=system.module.sha256,
+    )
     takeover = system.dispatcher(worker_id="worker-b")
     anyio.run(takeover.run_once)
     assert svc.get(dispatch.job_id).state == JobState.RUNNING
@@ -151,7 +179,12 @@ def test_a_live_lease_keeps_other_workers_off(
 ) -> None:
     permit(system, sessions)
     dispatch = submit(system.service, sessions)
-    system.service.claim(dispatch.invocation_id, "worker-a", timedelta(minutes=5))
+    system.service.claim(
+        dispatch.invocation_id,
+        "worker-a",
+        timedelta(minutes=5),
+        module_sha256=system.module.sha256,
+    )
     other = system.dispatcher(worker_id="worker-b")
     anyio.run(other.run_once)
     assert other.stats.leased_elsewhere == 1
@@ -244,9 +277,9 @@ def test_ok_output_with_the_wrong_params_is_a_module_error(
     permit(system, sessions)
     dispatch = submit(system.service, sessions)
 
-    def says_ok_with_junk(_: Any, __: Any) -> Any:
-        return RunOutcome(ok={"session_id": "s", "action": "FinalizeCompletion"})
-
+    says_ok_with_junk = FixedRunner(
+        RunOutcome(ok={"session_id": "s", "action": "FinalizeCompletion"})
+    )
     dispatcher = Dispatcher(system.service, says_ok_with_junk)
     anyio.run(dispatcher.run_once)
     job = system.service.get(dispatch.job_id)

@@ -7,8 +7,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from domain import Applied, Discarded, DiscardReason, Dispatch, JobState
-from domain.guard import decide
+from domain import Discarded, DiscardReason, Dispatch, JobState
+from domain.guard import Apply, decide
 
 
 @dataclass
@@ -20,7 +20,7 @@ class FakeJob:  # a plain value, not a mock: the guard reads three attributes
 
 @dataclass
 class FakeInvocation:
-    settled: bool
+    finished: bool
 
 
 CURRENT = uuid4()
@@ -29,15 +29,15 @@ READY_AT_2 = FakeJob(2, JobState.READY, CURRENT)
 
 
 def test_current_invocation_at_expected_version_is_applied() -> None:
-    verdict = decide(READY_AT_2, FakeInvocation(settled=False), DISPATCH, "SessionSpawned")
-    assert verdict == Applied(CURRENT, 2)
+    verdict = decide(READY_AT_2, FakeInvocation(finished=False), DISPATCH, "SessionSpawned")
+    assert verdict == Apply(CURRENT)
 
 
 @pytest.mark.parametrize(
     ("job", "invocation", "reason"),
     [
         (READY_AT_2, None, DiscardReason.UNKNOWN_INVOCATION),
-        (READY_AT_2, FakeInvocation(settled=True), DiscardReason.DUPLICATE),
+        (READY_AT_2, FakeInvocation(finished=True), DiscardReason.DUPLICATE),
         (FakeJob(5, JobState.READY, uuid4()), FakeInvocation(False), DiscardReason.SUPERSEDED),
         (FakeJob(3, JobState.FAILED, CURRENT), FakeInvocation(False), DiscardReason.JOB_MOVED_ON),
     ],
@@ -54,13 +54,13 @@ def test_each_discard_reason(
 
 def test_an_action_invalid_from_the_state_is_a_discard_never_an_error() -> None:
     odd = FakeJob(2, JobState.RUNNING, CURRENT)  # same version, a state SessionSpawned can't leave
-    verdict = decide(odd, FakeInvocation(settled=False), DISPATCH, "SessionSpawned")
+    verdict = decide(odd, FakeInvocation(finished=False), DISPATCH, "SessionSpawned")
     assert isinstance(verdict, Discarded)
     assert verdict.reason == DiscardReason.JOB_MOVED_ON
 
 
 def test_duplicate_wins_over_superseded() -> None:
     moved_on = FakeJob(9, JobState.RUNNING, uuid4())
-    verdict = decide(moved_on, FakeInvocation(settled=True), DISPATCH, "SessionSpawned")
+    verdict = decide(moved_on, FakeInvocation(finished=True), DISPATCH, "SessionSpawned")
     assert isinstance(verdict, Discarded)
     assert verdict.reason == DiscardReason.DUPLICATE

@@ -12,7 +12,6 @@ import pytest
 
 import domain.service
 from domain import (
-    Applied,
     CurationService,
     Discarded,
     DiscardReason,
@@ -20,6 +19,7 @@ from domain import (
     JobNotFound,
     JobState,
 )
+from domain.guard import Apply
 from scripts import cli
 from scripts.cli import demo
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
@@ -169,7 +169,7 @@ def discard_everything(job: Any, invocation: Any, dispatch: Dispatch, action: st
 
 
 def apply_everything(job: Any, invocation: Any, dispatch: Dispatch, action: str) -> Any:
-    return Applied(dispatch.invocation_id, job.version)  # no correlation, as in the incident
+    return Apply(dispatch.invocation_id)  # no correlation, as in the incident
 
 
 def test_facts_that_do_not_hold_exit_1_and_are_named(

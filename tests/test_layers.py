@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,9 +28,18 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 }
 
 
-def imported_packages(path: Path) -> Iterator[tuple[int, str]]:
+def imported_packages(path: Path, *, runtime_only: bool = False) -> Iterator[tuple[int, str]]:
+    """(line, top-level package) of every import in the file; with ``runtime_only``, those
+    under ``if TYPE_CHECKING:`` left out."""
     tree = ast.parse(path.read_text(), str(path))
+    skipped: set[int] = set()
+    if runtime_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+                skipped.update(id(n) for stmt in node.body for n in ast.walk(stmt))
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name.split(".")[0]
@@ -79,3 +89,25 @@ def test_the_check_catches_a_forbidden_import(tmp_path: Path) -> None:
         "projections",
         "integrations",
     ]
+
+
+def test_domain_imports_only_the_libraries_it_names() -> None:
+    allowed = {"domain", "eventsourcing", "psycopg", "psycopg_pool", "cedarpy", "__future__"}
+    allowed |= set(sys.stdlib_module_names)
+    outside = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted((ROOT / "domain").rglob("*.py"))
+        for line, name in imported_packages(path)
+        if name not in allowed
+    ]
+    assert outside == []
+
+
+def test_cedarpy_is_called_from_domain_cedar_only() -> None:
+    users = {
+        path.relative_to(ROOT).as_posix()
+        for package in MAY_IMPORT
+        for path in (ROOT / package).rglob("*.py")
+        if any(name == "cedarpy" for _, name in imported_packages(path, runtime_only=True))
+    }
+    assert users == {"domain/cedar.py"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from domain import CurationService, JobState
-from integrations.authorizer import default_policies
+from domain.cedar import default_policies
 from integrations.session_service import SessionService
 
 SEQUENT = str(Path(sys.executable).parent / "sequent")

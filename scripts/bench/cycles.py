@@ -16,7 +16,7 @@ import anyio
 
 from bootstrap import Settings, build_system
 from domain import CurationService
-from integrations.authorizer import default_policies
+from domain.cedar import default_policies
 from integrations.session_client import SessionClient
 from integrations.session_service import SessionService
 from scripts.bench.harness import (

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap import Settings
+from domain.cedar import default_policies
 from domain.invocation import DEFAULT_INTEGRATION
-from integrations.authorizer import AuthzOutcome, CedarAuthorizer, default_policies
+from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from integrations.host import HostSession, bound, call_guest, guest_exports, write_guest
 from integrations.invoke import sample_input
 from integrations.modules.build import build_session_message_wasm

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from domain import CurationService
 from domain.authorization import DecisionStatus
-from domain.policy_book import PolicyView
+from domain.views import PolicyView
 from projections.schema import DecisionRow
 from scripts.cli.args import Args, Handler, Subcommands, add_command
 from scripts.cli.output import OneLineParser, emit, short, table

@@ -45,9 +45,9 @@ from domain import (
     StoreURLError,
     Verdict,
 )
+from domain.cedar import default_policies
 from domain.invocation import Invocation
 from domain.job import CurationJob
-from integrations.authorizer import default_policies
 from integrations.session_service import SessionService
 from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_int
 from scripts.cli.output import OneLineParser, emit
