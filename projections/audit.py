@@ -73,7 +73,7 @@ from domain.job import CurationJob
 from domain.log import DECISION_APPROVED, DECISION_REJECTED, DECISION_REQUESTED
 from domain.store_errors import store_call
 from domain.transitions import TRANSITIONS, JobState
-from projections.runner import gc_paused
+from projections.gc_pause import gc_paused
 
 UNRECOGNISED_TOPIC = get_topic(Invocation.Unrecognised)
 SCAN_TOPICS = (DECISION_REQUESTED, DECISION_APPROVED, DECISION_REJECTED, UNRECOGNISED_TOPIC)

@@ -86,7 +86,8 @@ from integrations.sandboxed import AuthorizedHost
 from integrations.session_client import SessionClient
 from integrations.session_service import SessionService
 from projections.audit import Timeline
-from projections.runner import REBUILD_BATCH, Projections
+from projections.rebuild import REBUILD_BATCH
+from projections.runner import Projections
 from scripts.race import RaceConfig, run_race
 
 Better = Literal["higher", "lower"]

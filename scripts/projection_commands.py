@@ -22,10 +22,11 @@ from rich.text import Text
 
 from domain import JobState, as_uuid
 from domain.store_url import default_url
+from projections.catalog import PROJECTION_NAMES as VIEW_NAMES
+from projections.rebuild import RebuildReport
 from projections.recorders import hash_rows
-from projections.runner import Projections, RebuildReport
+from projections.runner import Projections
 from projections.verify import VerifyReport
-from projections.views import VIEW_NAMES
 from scripts.output import EXIT_OK, OneLineParser, console, positive_int, print_json, short
 
 Args = argparse.Namespace
