@@ -8,7 +8,8 @@ reads a job's history straight from the event store.
 May import ``domain``. Never imports ``integrations`` internals or ``scripts``.
 """
 
-from projections.audit import Timeline, check_invariants
+from projections.invariants import check_invariants
 from projections.runner import Projections
+from projections.timeline import Timeline
 
 __all__ = ["Projections", "Timeline", "check_invariants"]

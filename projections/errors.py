@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from uuid import UUID
 
 from eventsourcing.persistence import (
     DataError,
@@ -67,6 +69,29 @@ class ProjectionFailed(ReadModelError):
 class UnsupportedStore(SequentError):
     def __init__(self, kind: str) -> None:
         super().__init__(f"read models need a SQLite, PostgreSQL or memory store, not {kind}")
+
+
+# -- the audit -------------------------------------------------------------------------------
+
+
+class AuditError(SequentError):
+    """Base of the audit's own errors."""
+
+
+class VersionOutOfRange(AuditError):
+    """``--at`` / ``state_at`` named a version the job does not have."""
+
+    def __init__(self, job_id: UUID, version: object, latest: int) -> None:
+        self.job_id = job_id
+        self.version = version
+        self.latest = latest
+        super().__init__(f"job {job_id} has versions 1..{latest}; there is no version {version!r}")
+
+
+class ExportFailed(AuditError):
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        super().__init__(f"cannot export to {str(path)!r}: {why}")
 
 
 @contextmanager

@@ -20,7 +20,8 @@ from rich.text import Text
 
 from domain import CurationService
 from domain.store_url import default_url
-from projections.audit import Completion, JobStateAt, Timeline
+from projections.timeline import Timeline
+from projections.timeline_records import Completion, JobStateAt
 from scripts.output import (
     EVENT_STYLES,
     EXIT_OK,

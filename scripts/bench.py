@@ -85,9 +85,9 @@ from integrations.runtime import LoadedModule, Runtime, SandboxLimits
 from integrations.sandboxed import AuthorizedHost
 from integrations.session_client import SessionClient
 from integrations.session_service import SessionService
-from projections.audit import Timeline
 from projections.rebuild import REBUILD_BATCH
 from projections.runner import Projections
+from projections.timeline import Timeline
 from scripts.race import RaceConfig, run_race
 
 Better = Literal["higher", "lower"]

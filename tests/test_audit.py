@@ -1,6 +1,7 @@
-"""The audit (projections/audit.py, ``sequent audit``): the incident by hand on every store, time
-travel checked against a fold written here, the offline invariant check on real and tampered
-timelines, the JSON-lines export, and the CLI's output and one-line errors."""
+"""The audit (projections/timeline.py, projections/invariants.py, ``sequent audit``): the
+incident by hand on every store, time travel checked against a fold written here, the offline
+invariant check on real and tampered timelines, the JSON-lines export, and the CLI's output and
+one-line errors."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from domain import (
     MalformedId,
     SequentError,
 )
-from projections.audit import Timeline, VersionOutOfRange, check_invariants, label_for
+from projections.errors import VersionOutOfRange
+from projections.invariants import check_invariants
+from projections.timeline import Timeline, label_for
 from scripts import cli
 from scripts.audit_commands import HANDLERS, add_audit_commands
 from scripts.output import OneLineParser, reporting_errors
