@@ -1,21 +1,25 @@
-"""The audit of one job (DESIGN.md §5, ``sequent audit``): its timeline read straight from the
-event store, so it is the ground truth the read models are checked against, never a copy.
+"""The audit of one job (DESIGN.md §5, ``sequent audit``): its timeline, read from the event
+store itself — the job's and its invocations' own events — so it is the ground truth the read
+models are checked against.
 
 ``Timeline.load(svc, job_id)`` reads, in this order and nothing more:
 
 1. the job's events (one read of its sequence);
 2. the events of each invocation the job started (one read per ``Submitted`` /
    ``RepairRequired``);
-3. one pass over the notification log filtered by topic (``Decision`` events and
-   ``Invocation.Unrecognised``), keeping those that name this job: the Cedar decisions that
-   touched it and the completions that named an invocation nobody started. Only events whose
-   raw bytes mention the job (or a decision already kept) are decoded;
+3. after catching up the ``dispatch_audit`` and ``decisions`` read models (``Projections``),
+   the invocations that completions named for this job though nobody started them
+   (``Unrecognised``: their dispatch_audit rows, then their events) and the Cedar decisions
+   about the job (their rows, then each one's events up to the row's version). Neither costs a
+   pass over the notification log;
 4. the job as of its latest version (``repository.get(version=...)``, from a snapshot).
 
 ``Timeline.state_at(v)`` is time travel through ``svc.repository.get(job_id, version=v)``;
-``Timeline.to_json()`` is complete enough for ``check_invariants`` to re-check the invariants
-of DESIGN.md §1 offline, from the JSON alone; ``Timeline.export_jsonl(path)`` writes every
-event (job, invocations, decisions) as one JSON line each, in time order.
+``Timeline.to_json()`` is complete enough for ``check_invariants`` (``projections.invariants``)
+to re-check the invariants of DESIGN.md §1 offline, from the JSON alone;
+``Timeline.export_jsonl(path)`` writes every event (job, invocations, decisions) as one JSON
+line each, in time order. The records a timeline is made of are in
+``projections.timeline_records``.
 
 The JSON (``Timeline.to_json()``; ``sequent audit JOB --json``)::
 
@@ -23,7 +27,8 @@ The JSON (``Timeline.to_json()``; ``sequent audit JOB --json``)::
      "created_at", "updated_at",
      "events": [{"version", "name", "timestamp", "data"}],          # the job's, in order
      "invocations": [{"id", "label" (A, B, ...), "recognised", "attempt", "expected_version",
-                      "integration", "module_sha256", "started_at",
+                      "integration", "module_sha256" (of its latest Claimed that names
+                      one, else of its Started), "started_at",
                       "claims": [{"worker", "lease_until", "at"}],
                       "completions": [{"action", "params", "finished_at", "verdict"
                                        (Applied|Discarded|null), "reason", "job_version",
@@ -48,13 +53,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import get_topic, resolve_topic
+from eventsourcing.utils import resolve_topic
 
 from domain import (
     CurationService,
@@ -63,13 +68,14 @@ from domain import (
     JobNotFound,
     as_uuid,
 )
-from domain.invocation import Invocation
 from domain.job import CurationJob
-from domain.log import DECISION_APPROVED, DECISION_REJECTED, DECISION_REQUESTED
+from domain.log import JOB_STARTS_INVOCATION, JOB_TOPICS
 from domain.store_errors import store_call
-from domain.transitions import TRANSITIONS
+from projections.decisions import DecisionsProjection
+from projections.dispatch_audit import DispatchAuditProjection
 from projections.errors import ExportFailed, VersionOutOfRange
 from projections.gc_pause import gc_paused
+from projections.runner import Projections
 from projections.timeline_records import (
     DecisionRecord,
     InvocationRecord,
@@ -78,11 +84,9 @@ from projections.timeline_records import (
     plain,
 )
 
-UNRECOGNISED_TOPIC = get_topic(Invocation.Unrecognised)
-SCAN_TOPICS = (DECISION_REQUESTED, DECISION_APPROVED, DECISION_REJECTED, UNRECOGNISED_TOPIC)
-SCAN_BATCH = 5000
-START_EVENTS = frozenset(TRANSITIONS[a].event for a in ("Submit", "RepairRequired"))
-START_TOPICS = frozenset(f"{get_topic(CurationJob)}.{name}" for name in START_EVENTS)
+# The read models the audit reads: which decisions are about the job, which unrecognised
+# invocations name it.
+READ_MODELS = (DecisionsProjection.name, DispatchAuditProjection.name)
 
 
 class StoredHistory(Sequence[HistoryEntry]):
@@ -149,20 +153,27 @@ class Timeline:
         self.current = self._read_state(self.version)
 
     @classmethod
-    def load(cls, svc: CurationService, job_id: UUID | str) -> Timeline:
-        """Raises MalformedId, JobNotFound or StoreUnavailable."""
+    def load(
+        cls, svc: CurationService, job_id: UUID | str, projections: Projections | None = None
+    ) -> Timeline:
+        """``projections``: the service's read models, caught up here for the job's decisions
+        and unrecognised runs (default: opened on ``svc`` for this load). Raises MalformedId,
+        JobNotFound, StoreUnavailable, or ProjectionFailed if a read model it needs is broken
+        (``sequent rebuild`` repairs it)."""
         job_uuid = as_uuid(job_id)
         with gc_paused():
-            return cls._load(svc, job_uuid)
+            return cls._load(svc, job_uuid, projections)
 
     @classmethod
-    def _load(cls, svc: CurationService, job_uuid: UUID) -> Timeline:
+    def _load(
+        cls, svc: CurationService, job_uuid: UUID, projections: Projections | None
+    ) -> Timeline:
         with store_call(svc.url):
             stored = svc.recorder.select_events(job_uuid)
-        if not stored or not _is_job_event(stored[0].topic):
+        if not stored or stored[0].topic not in JOB_TOPICS:  # say, a decision's id
             raise JobNotFound(job_uuid)
         events = StoredHistory(svc, "job", stored)
-        starts = [i for i, e in enumerate(stored) if e.topic in START_TOPICS]
+        starts = [i for i, e in enumerate(stored) if e.topic in JOB_STARTS_INVOCATION]
         started = [events[i].data["invocation_id"] for i in starts]
         invocations: list[InvocationRecord] = []
         missing: list[UUID] = []
@@ -173,10 +184,11 @@ class Timeline:
                 missing.append(invocation_id)
                 continue
             invocations.append(InvocationRecord.of(label_for(len(invocations)), history))
-        unrecognised, decisions = _scan_log(svc, job_uuid)
-        for invocation_id in unrecognised:
-            history = svc.invocation_history(invocation_id)
+        read_models = projections or Projections(svc)
+        read_models.catch_up(READ_MODELS)
+        for history in _unrecognised(svc, read_models, job_uuid, {str(i) for i in started}):
             invocations.append(InvocationRecord.of(label_for(len(invocations)), history))
+        decisions = _decisions(svc, read_models, job_uuid)
         return cls(svc, job_uuid, events, invocations, decisions, missing)
 
     # -- time travel --------------------------------------------------------------------------
@@ -343,11 +355,6 @@ class Timeline:
         return count
 
 
-def _is_job_event(topic: str) -> bool:
-    cls = resolve_topic(topic)
-    return isinstance(cls, type) and issubclass(cls, CurationJob.Event)
-
-
 def label_for(index: int) -> str:
     """0 -> A, 25 -> Z, 26 -> AA, as spreadsheet columns."""
     label = ""
@@ -358,39 +365,36 @@ def label_for(index: int) -> str:
     return label
 
 
-def _scan_log(svc: CurationService, job_id: UUID) -> tuple[list[UUID], list[DecisionRecord]]:
-    """One pass over the notification log filtered by decision and Unrecognised topics.
-    Raw bytes are searched for the job id before anything is decoded, when the store keeps
-    events as plain JSON (no cipher, no compressor)."""
-    mapper = svc.mapper
-    plain_bytes = mapper.cipher is None and mapper.compressor is None
-    needles = (str(job_id).encode(), job_id.hex.encode())
-    decision_events: dict[UUID, list[HistoryEntry]] = {}
-    unrecognised: list[UUID] = []
-    start = 0
-    while True:
-        with store_call(svc.url):  # a dropped connection is StoreUnavailable, as elsewhere
-            batch = svc.recorder.select_notifications(
-                start=start, limit=SCAN_BATCH, topics=SCAN_TOPICS, inclusive_of_start=False
-            )
-        for n in batch:
-            originator = UUID(str(n.originator_id))
-            if n.topic in (DECISION_APPROVED, DECISION_REJECTED):
-                if originator not in decision_events:
-                    continue
-            elif plain_bytes and not any(needle in n.state for needle in needles):
-                continue
-            event: Any = mapper.to_domain_event(n)
-            if n.topic == DECISION_REQUESTED:
-                if str(event.job_id) == str(job_id):
-                    decision_events[originator] = [HistoryEntry.of("decision", event)]
-            elif n.topic == UNRECOGNISED_TOPIC:
-                if event.job_id == job_id:
-                    unrecognised.append(originator)
-            else:
-                decision_events[originator].append(HistoryEntry.of("decision", event))
-        if len(batch) < SCAN_BATCH:
-            break
-        start = batch[-1].id
-    decisions = [DecisionRecord.of(events) for events in decision_events.values()]
-    return list(dict.fromkeys(unrecognised)), decisions
+def _unrecognised(
+    svc: CurationService, read_models: Projections, job_id: UUID, started: Collection[str]
+) -> Iterator[list[HistoryEntry]]:
+    """The histories of the invocations that completions named for this job but nobody started
+    (their first event is ``Unrecognised``), in the order they were recorded.
+
+    Found in dispatch_audit, by its index on job_id, not in the log: the guard saves such an
+    invocation together with the verdict on its first completion, so each has a row there,
+    whereas a reader over the Unrecognised topic would still visit every notification of the
+    log on every audit: neither store indexes the topic column."""
+    named = dict.fromkeys(r.invocation_id for r in read_models.audit(job_id=str(job_id)))
+    for invocation_id in named:
+        if invocation_id in started:
+            continue
+        history = svc.invocation_history(invocation_id)
+        if history[0].name == "Unrecognised":
+            yield history
+
+
+def _decisions(
+    svc: CurationService, read_models: Projections, job_id: UUID
+) -> list[DecisionRecord]:
+    """The Cedar decisions about this job as the decisions read model has them, in the order
+    they were requested, each with its events up to the version its row has folded (so a
+    decision approved since the catch-up shows as the row does, and row and events agree)."""
+    rows = read_models.decisions(job_id=str(job_id))
+    rows.sort(key=lambda r: (r.requested_at or "", r.decision_id))
+    records: list[DecisionRecord] = []
+    for row in rows:
+        with store_call(svc.url):
+            stored = svc.recorder.select_events(UUID(row.decision_id), lte=row.version)
+        records.append(DecisionRecord.of(row, StoredHistory(svc, "decision", stored)))
+    return records

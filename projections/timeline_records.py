@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from domain import HistoryEntry
+from projections.schema import DecisionRow
 
 VERDICTS = ("Applied", "Discarded")
 
@@ -121,11 +122,16 @@ class InvocationRecord:
         completions: list[Completion] = []
         compensations: list[Compensation] = []
         open_completion: Completion | None = None
+        # The module that ran: a worker records the sha256 of the module it loaded on each
+        # Claimed (older Claimed events lack it); the Started event's is what the submitting
+        # service was configured with.
+        module_sha256 = str(first.data.get("module_sha256", ""))
         for e in events[1:]:
             if e.name == "Claimed":
                 claims.append(
                     Claim(e.data["worker"], e.data["lease_until"], e.timestamp, e.version)
                 )
+                module_sha256 = str(e.data.get("module_sha256", "")) or module_sha256
             elif e.name == "Compensated":
                 compensations.append(Compensation(e.data["session_id"], e.timestamp, e.version))
             elif e.name == "Finished":
@@ -157,7 +163,7 @@ class InvocationRecord:
             attempt=first.data.get("attempt"),
             expected_version=first.data["expected_version"],
             integration=str(first.data.get("integration", "")),
-            module_sha256=str(first.data.get("module_sha256", "")),
+            module_sha256=module_sha256,
             started_at=first.timestamp,
             claims=tuple(claims),
             completions=tuple(completions),
@@ -208,30 +214,27 @@ class DecisionRecord:
     events: tuple[HistoryEntry, ...] = field(repr=False)
 
     @classmethod
-    def of(cls, events: Sequence[HistoryEntry]) -> DecisionRecord:
-        requested = events[0].data
-        status, by, at, policy, rejection = "pending", None, None, None, ""
-        for e in events[1:]:
-            if e.name == "Approved":
-                status, by, at, policy = "approved", e.data["by"], e.timestamp, e.data["policy_id"]
-            elif e.name == "Rejected":
-                status, by, at = "rejected", e.data["by"], e.timestamp
-                rejection = str(e.data.get("reason", ""))
+    def of(cls, row: DecisionRow, events: Sequence[HistoryEntry]) -> DecisionRecord:
+        """The decision as the ``decisions`` read model folded it (``row``: what was asked,
+        its status, who decided, the policy an approval added), with what only its events
+        (``events``, up to the row's version) hold: the request's module sha256 and reason,
+        when it was decided, why it was rejected."""
+        requested, last = events[0], events[-1]
         return cls(
-            id=events[0].aggregate_id,
-            job_id=str(requested["job_id"]),
-            status=status,
-            principal=requested["principal"],
-            action=requested["action"],
-            resource=requested["resource"],
-            invocation_id=str(requested.get("invocation_id", "")),
-            module_sha256=str(requested.get("module_sha256", "")),
-            reason=str(requested.get("reason", "")),
-            requested_at=events[0].timestamp,
-            decided_by=by,
-            decided_at=at,
-            policy_id=policy,
-            rejection_reason=rejection,
+            id=requested.aggregate_id,
+            job_id=str(row.job_id),
+            status=row.status,
+            principal=str(row.principal),
+            action=str(row.action),
+            resource=str(row.resource),
+            invocation_id=row.invocation_id or "",
+            module_sha256=str(requested.data.get("module_sha256", "")),
+            reason=str(requested.data.get("reason", "")),
+            requested_at=requested.timestamp,
+            decided_by=row.decided_by,
+            decided_at=None if row.status == "pending" else last.timestamp,
+            policy_id=None if row.policy_id is None else UUID(row.policy_id),
+            rejection_reason=str(last.data.get("reason", "")) if row.status == "rejected" else "",
             events=tuple(events),
         )
 
