@@ -71,6 +71,18 @@ class UnsupportedStore(SequentError):
         super().__init__(f"read models need a SQLite, PostgreSQL or memory store, not {kind}")
 
 
+@contextmanager
+def read_model_call(url: str) -> Iterator[None]:
+    """A statement the tables refused becomes ReadModelError; a lost or refused connection
+    becomes StoreUnavailable naming the (redacted) store URL, as ``domain.store_errors.store_call``
+    makes it for the service."""
+    with store_call(url):
+        try:
+            yield
+        except DATA_ERRORS as exc:  # before store_call, which would call them unavailable
+            raise ReadModelError(f"read models: {first_line(exc)}") from exc
+
+
 # -- the audit -------------------------------------------------------------------------------
 
 
@@ -92,15 +104,3 @@ class ExportFailed(AuditError):
     def __init__(self, path: Path, why: str) -> None:
         self.path = path
         super().__init__(f"cannot export to {str(path)!r}: {why}")
-
-
-@contextmanager
-def read_model_call(url: str) -> Iterator[None]:
-    """A statement the tables refused becomes ReadModelError; a lost or refused connection
-    becomes StoreUnavailable naming the (redacted) store URL, as ``domain.store_errors.store_call``
-    makes it for the service."""
-    with store_call(url):
-        try:
-            yield
-        except DATA_ERRORS as exc:  # before store_call, which would call them unavailable
-            raise ReadModelError(f"read models: {first_line(exc)}") from exc

@@ -37,7 +37,7 @@ class RebuildReport:
         return self.checksum_live == self.checksum_rebuilt
 
 
-def rebuild(
+def rebuild_projection(
     store: ReadModels,
     log: LogReader,
     projection: Projection,

@@ -12,7 +12,7 @@ batches, up to the head as of the call, and applies each batch to each projectio
 (``recorders.ReadModels.apply``). ``run_forever(stop)`` keeps doing that: on PostgreSQL (and
 memory) through the library's subscription (``recorder.subscribe``: LISTEN/NOTIFY, then a
 ``select_notifications`` pull), on SQLite — whose recorder raises NotImplementedError for
-``subscribe`` in eventsourcing 9.5 — by polling ``select_notifications``.
+``subscribe`` in eventsourcing 9.5 — by calling ``catch_up()`` every ``poll_seconds``.
 
 Gaps: notification ids can have gaps (PostgreSQL sequence values of rolled-back inserts) but
 never fill in later, because the library's recorder inserts under an EXCLUSIVE table lock so
@@ -37,14 +37,12 @@ from domain.log import Notice, log_reader, notices
 from domain.service import CurationService
 from domain.store_url import first_line
 from domain.transitions import JobState
-from projections import rebuild as rebuilding
-from projections import verify as verifying
 from projections.catalog import PROJECTION_NAMES, PROJECTIONS, projection_named, selected, topics_of
 from projections.decisions import DECISION_STATUSES
 from projections.errors import DATA_ERRORS, ProjectionFailed, UnknownFilter, read_model_call
 from projections.progress import ProgressCallback, progress_bar
 from projections.projection import Projection
-from projections.rebuild import REBUILD_BATCH, RebuildReport
+from projections.rebuild import REBUILD_BATCH, RebuildReport, rebuild_projection
 from projections.recorders import PositionMoved, open_read_models
 from projections.schema import (
     DECISIONS,
@@ -57,7 +55,7 @@ from projections.schema import (
     SessionRow,
     to_row,
 )
-from projections.verify import VerifyReport
+from projections.verify import VerifyReport, verify_read_models
 
 CATCH_UP_BATCH = 1000
 POLL_SECONDS = 0.2
@@ -358,7 +356,7 @@ class Projections:
         with self._store_call():
             with suppress(ProjectionFailed):  # a broken live projection is what rebuild is for
                 self.catch_up([projection.name])  # so the live checksum is of an up-to-date one
-            return rebuilding.rebuild(
+            return rebuild_projection(
                 self.store,
                 self.log,
                 projection,
@@ -375,7 +373,7 @@ class Projections:
             self.catch_up([projection.name])
 
         with self._store_call():
-            return verifying.verify(
+            return verify_read_models(
                 self.store, self.log, catch_up=catch_up_one if catch_up else None
             )
 

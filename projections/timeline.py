@@ -221,7 +221,7 @@ class Timeline:
             at=job.modified_on,
         )
 
-    # -- views --------------------------------------------------------------------------------
+    # -- what it holds -------------------------------------------------------------------------
 
     def invocation(self, invocation_id: UUID | str) -> InvocationRecord:
         wanted = as_uuid(invocation_id, "invocation")

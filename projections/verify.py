@@ -83,7 +83,7 @@ class VerifyReport:
     details: list[Discrepancy]  # the first DETAILS_LIMIT discrepancies
 
 
-def verify(
+def verify_read_models(
     store: ReadModels,
     log: LogReader,
     *,
