@@ -9,23 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bootstrap.service import open_service
 from bootstrap.settings import Settings
 from domain import CurationService
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import Completer, Dispatcher
+from integrations.limits import SandboxLimits
 from integrations.modules.build import build_session_message_wasm
-from integrations.runtime import LoadedModule, Runtime, SandboxLimits
+from integrations.runtime import LoadedModule, Runtime
 from integrations.sandboxed import SandboxRunner, SessionStopper
 from integrations.session_client import SessionClient
 from projections import Projections
-
-
-def open_service(settings: Settings | None = None) -> CurationService:
-    """Opens the event store named by ``settings`` (default: from the environment)."""
-    settings = settings or Settings.from_env()
-    service = CurationService.open(settings.url)
-    service.policies.max_staleness = settings.policy_staleness
-    return service
 
 
 @dataclass

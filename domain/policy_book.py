@@ -31,13 +31,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import replace
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 
-from domain.authorization import Decision, DecisionStatus, Policy
+from domain.authorization import Decision, Policy
 from domain.cedar import (
     ACTION_TYPE,
     CEDAR_SCHEMA,
@@ -51,14 +50,9 @@ from domain.cedar import (
 from domain.errors import DecisionNotFound, InvalidParams, PolicyNotFound
 from domain.ids import as_uuid
 from domain.log import (
-    DECISION_APPROVED,
-    DECISION_REJECTED,
-    DECISION_REQUESTED,
-    DECISION_TOPICS,
     POLICY_ADDED,
     POLICY_REVOKED,
     POLICY_TOPICS,
-    Notice,
     log_reader,
 )
 from domain.store_errors import retrying, store_call
@@ -266,22 +260,6 @@ class PolicyBook:
             d = self._get(did, Decision, DecisionNotFound)
         return DecisionView.of(d)
 
-    def decisions(self, status: DecisionStatus | str | None = None) -> list[DecisionView]:
-        """Every decision (oldest first), or those with ``status`` pending/approved/rejected.
-        One pass over the decision events of the notification log."""
-        wanted: DecisionStatus | None = None
-        if status is not None:
-            try:
-                wanted = DecisionStatus(status)
-            except ValueError:
-                known = ", ".join(s.value for s in DecisionStatus)
-                raise InvalidParams("decisions", [f"status must be one of {known}"]) from None
-        views: dict[UUID, DecisionView] = {}
-        with self._store_call():
-            for notice in self._log.notices(DECISION_TOPICS, limit=self._batch_size):
-                _fold_decision(views, notice)
-        return [v for v in views.values() if wanted is None or v.status == wanted]
-
     def decision_history(self, decision_id: UUID | str) -> list[HistoryEntry]:
         """Every event of one decision, in order (Requested, then Approved or Rejected)."""
         return self._history(
@@ -345,43 +323,3 @@ class PolicyBook:
     @property
     def _url(self) -> str:
         return str(getattr(self._app, "url", type(self._app).__name__))
-
-
-def _fold_decision(views: dict[UUID, DecisionView], notice: Notice) -> None:
-    decision_id = notice.originator_id
-    event = notice.event
-    if notice.topic == DECISION_REQUESTED:
-        views[decision_id] = DecisionView(
-            id=decision_id,
-            status=DecisionStatus.PENDING,
-            principal=event.principal,
-            action=event.action,
-            resource=event.resource,
-            job_id=event.job_id,
-            invocation_id=event.invocation_id,
-            module_sha256=event.module_sha256,
-            context=dict(event.context),
-            reason=event.reason,
-            requested_on=event.timestamp,
-            version=notice.version,
-        )
-        return
-    view = views.get(decision_id)
-    if view is None:
-        return  # its Requested is missing from the log: nothing sensible to show
-    if notice.topic == DECISION_APPROVED:
-        views[decision_id] = replace(
-            view,
-            status=DecisionStatus.APPROVED,
-            decided_by=event.by,
-            policy_id=event.policy_id,
-            version=notice.version,
-        )
-    elif notice.topic == DECISION_REJECTED:
-        views[decision_id] = replace(
-            view,
-            status=DecisionStatus.REJECTED,
-            decided_by=event.by,
-            rejection_reason=event.reason,
-            version=notice.version,
-        )

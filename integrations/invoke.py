@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from integrations.host import HostCalls
-from integrations.runtime import ModuleRejected, RunResult, Runtime, SandboxLimits
+from integrations.limits import SandboxLimits
+from integrations.runtime import ModuleRejected, RunResult, Runtime
 
 SAMPLE_INVOCATION_ID = "00000000-0000-4000-8000-00000000c0de"
 SAMPLE_JOB_ID = "00000000-0000-4000-8000-0000000005a1"

@@ -73,6 +73,7 @@ from integrations.host import (
     unpack,
     write_guest,
 )
+from integrations.limits import PAGE_BYTES, SandboxLimits
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,6 @@ ErrorKind = Literal[
 ]
 
 WASM_MAGIC: Final = b"\0asm"
-PAGE_BYTES: Final = 65536
 EPOCH_TICK_SECONDS: Final = 0.01
 ABI_VERSION: Final = 1
 
@@ -135,28 +135,6 @@ PRECEDENCE: Final[tuple[ErrorKind, ...]] = (
     "trap",
     "bad_output",
 )
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-invocation bounds. ``module_bytes`` applies when a module is loaded."""
-
-    fuel: int = 1_000_000_000
-    wall_clock_seconds: float = 30.0
-    memory_bytes: int = 64 * 1024 * 1024
-    output_bytes: int = 1024 * 1024
-    module_bytes: int = 10 * 1024 * 1024
-    http_calls: int = 16
-    http_response_bytes: int = 1024 * 1024
-    log_lines: int = 256
-    table_elements: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.wall_clock_seconds <= 0 or self.memory_bytes < PAGE_BYTES:
-            raise ValueError("wall_clock_seconds must be > 0 and memory_bytes >= one 64 KiB page")
-        counts = (self.fuel, self.output_bytes, self.module_bytes, self.http_response_bytes)
-        if min(*counts, self.http_calls, self.log_lines, self.table_elements) < 0:
-            raise ValueError(f"sandbox limits must not be negative: {self}")
 
 
 class ModuleRejected(SequentError):

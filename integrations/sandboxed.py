@@ -14,7 +14,8 @@ from domain import Dispatch
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
 from integrations.host import guest_error
-from integrations.runtime import LoadedModule, RunResult, Runtime, SandboxLimits
+from integrations.limits import SandboxLimits
+from integrations.runtime import LoadedModule, RunResult, Runtime
 from integrations.session_client import SessionClient, SessionServiceError
 
 log = logging.getLogger(__name__)

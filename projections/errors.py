@@ -1,10 +1,34 @@
-"""Typed errors of the read models; the CLI prints each as one line."""
+"""Typed errors of the read models, and the one place a driver's exception becomes one of
+them; the CLI prints each as one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    DataError,
+    IntegrityError,
+    InternalError,
+    MapperDeserialisationError,
+    ProgrammingError,
+)
 
 from domain.errors import SequentError
+from domain.store_errors import store_call
+from domain.store_url import first_line
+
+# What a batch or a query can fail with that is about the data or the statement, not the
+# connection: the read models' tables refused it.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    IntegrityError,
+    DataError,
+    ProgrammingError,
+    InternalError,
+    MapperDeserialisationError,
+)
 
 
 class UnknownProjection(SequentError):
@@ -45,3 +69,38 @@ class ProjectionFailed(ReadModelError):
 class UnsupportedStore(SequentError):
     def __init__(self, kind: str) -> None:
         super().__init__(f"read models need a SQLite, PostgreSQL or memory store, not {kind}")
+
+
+@contextmanager
+def read_model_call(url: str) -> Iterator[None]:
+    """A statement the tables refused becomes ReadModelError; a lost or refused connection
+    becomes StoreUnavailable naming the (redacted) store URL, as ``domain.store_errors.store_call``
+    makes it for the service."""
+    with store_call(url):
+        try:
+            yield
+        except DATA_ERRORS as exc:  # before store_call, which would call them unavailable
+            raise ReadModelError(f"read models: {first_line(exc)}") from exc
+
+
+# -- the audit -------------------------------------------------------------------------------
+
+
+class AuditError(SequentError):
+    """Base of the audit's own errors."""
+
+
+class VersionOutOfRange(AuditError):
+    """``--at`` / ``state_at`` named a version the job does not have."""
+
+    def __init__(self, job_id: UUID, version: object, latest: int) -> None:
+        self.job_id = job_id
+        self.version = version
+        self.latest = latest
+        super().__init__(f"job {job_id} has versions 1..{latest}; there is no version {version!r}")
+
+
+class ExportFailed(AuditError):
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        super().__init__(f"cannot export to {str(path)!r}: {why}")

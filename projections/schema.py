@@ -145,7 +145,7 @@ DECISIONS = Table(
             "requested_at",
         }
     ),
-    indexes=("status",),
+    indexes=("status", "job_id"),  # job_id: the audit selects a job's decisions
 )
 
 

@@ -2,15 +2,18 @@
 
 ``verify`` never trusts the projection code it checks. It replays the aggregates themselves
 (each domain event's own ``mutate``, as the repository does) from the notification log up to
-the position each view says it has applied, derives the rows that position implies, and
-compares them column by column with what the view holds. Completions (one dispatch_audit row
-each) are the ``Finished`` + verdict pairs of each replayed invocation; sessions come from the
-``SessionSpawned`` completions and the invocations' ``compensated`` lists.
+the position each projection says it has applied, derives the rows that position implies, and
+compares them column by column with what the projection holds. Completions (one dispatch_audit
+row each) are the ``Finished`` + verdict pairs of each replayed invocation; sessions come from
+the ``SessionSpawned`` completions and the invocations' ``compensated`` lists.
 
 Tracking positions are checked first, before any catch-up could paper over them: a position
 past the head is impossible, and a position behind the rows (a row carries the position of the
-event that last changed it) means the view would apply events twice. A position moved forward
-shows up as rows missing or stale against the replay.
+event that last changed it) means the projection would apply events twice. A position moved
+forward shows up as rows missing or stale against the replay.
+
+It needs the read models' recorder, the log reader and the projection definitions; catching a
+projection up is the runner's job, which the caller passes in (``catch_up``).
 
 Memory: the replay holds every aggregate (up to the highest position) at once.
 """
@@ -18,29 +21,33 @@ Memory: the replay holds every aggregate (up to the highest position) at once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from eventsourcing.persistence import Notification
-from eventsourcing.utils import get_topic
+from typing import Any
 
 from domain.authorization import Decision
-from domain.invocation import Invocation
 from domain.job import CurationJob
+from domain.log import (
+    APPLIED,
+    COMPENSATED,
+    DECISION,
+    DISCARDED,
+    FINISHED,
+    INVOCATION,
+    JOB,
+    LogReader,
+)
+from projections.catalog import PROJECTIONS
 from projections.errors import ProjectionFailed
+from projections.projection import Projection
+from projections.recorders import ReadModels
 from projections.schema import DECISIONS, DISPATCH_AUDIT, JOB_STATUS, SESSIONS, Table
-from projections.views import VIEWS, View
-
-if TYPE_CHECKING:
-    from projections.runner import Projections
 
 DETAILS_LIMIT = 100
 REPLAY_BATCH = 2000
 
-_JOB_PREFIX = get_topic(CurationJob) + "."
-_INVOCATION_PREFIX = get_topic(Invocation) + "."
-_DECISION_PREFIX = get_topic(Decision) + "."
+# Every event of these aggregates is replayed, whatever its name.
+_REPLAYED = (f"{JOB}.", f"{INVOCATION}.", f"{DECISION}.")
 _SESSION_SPAWNED = "SessionSpawned"
 
 
@@ -66,55 +73,59 @@ class ProjectionCheck:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    checked: int  # rows compared (the union of expected and stored keys) over all views
+    checked: int  # rows compared (the union of expected and stored keys) over all projections
     drifted: int  # rows whose columns differ, plus unsound tracking positions
-    missing: int  # rows the replay implies that a view lacks
-    extra: int  # rows a view holds that the replay does not imply
+    missing: int  # rows the replay implies that a projection lacks
+    extra: int  # rows a projection holds that the replay does not imply
     ok: bool
     head: int
     projections: list[ProjectionCheck]
     details: list[Discrepancy]  # the first DETAILS_LIMIT discrepancies
 
 
-def verify(projections: Projections, *, catch_up: bool = True) -> VerifyReport:
-    store = projections.store
-    head = projections.head()
+def verify_read_models(
+    store: ReadModels,
+    log: LogReader,
+    *,
+    catch_up: Callable[[Projection], object] | None = None,
+) -> VerifyReport:
+    """Checks every projection's tracking position, then (with ``catch_up``) brings each sound
+    one to the head, then compares each with the replay up to its position."""
+    head = log.head()
     problems: list[Discrepancy] = []
     unsound: set[str] = set()
-    with projections._store_call():  # the same error contract as its methods
-        for view in VIEWS:
-            tracked, highest = store.bounds(view)
-            problem = _tracking_problem(view, tracked, highest, head)
-            if problem is not None:
-                problems.append(problem)
-                unsound.add(view.name)
-    if catch_up:
-        for view in VIEWS:
-            if view.name in unsound:
+    for projection in PROJECTIONS:
+        tracked, highest = store.bounds(projection)
+        problem = _tracking_problem(projection, tracked, highest, head)
+        if problem is not None:
+            problems.append(problem)
+            unsound.add(projection.name)
+    if catch_up is not None:
+        for projection in PROJECTIONS:
+            if projection.name in unsound:
                 continue  # applying more on top would hide or compound what is wrong
             try:
-                projections.catch_up([view.name])
+                catch_up(projection)
             except ProjectionFailed as exc:
-                problems.append(Discrepancy(view.name, "tracking", "", message=str(exc)))
-                unsound.add(view.name)
-    with projections._store_call():
-        snapshots = {view.name: store.snapshot(view) for view in VIEWS}
-        head = max(projections.head(), head)
-        replays: dict[int, Expected] = {}
-        for position in sorted({min(s.position, head) for s in snapshots.values()}):
-            replays[position] = replay(projections, position)
+                problems.append(Discrepancy(projection.name, "tracking", "", message=str(exc)))
+                unsound.add(projection.name)
+    snapshots = {projection.name: store.snapshot(projection) for projection in PROJECTIONS}
+    head = max(log.head(), head)
+    replays: dict[int, Expected] = {}
+    for position in sorted({min(s.position, head) for s in snapshots.values()}):
+        replays[position] = replay(log, position)
     checks: list[ProjectionCheck] = []
-    for view in VIEWS:
-        snapshot = snapshots[view.name]
-        expected = replays[min(snapshot.position, head)].rows(view.table)
-        found = compare(view, expected, snapshot.rows)
-        tracking = sum(1 for p in problems if p.projection == view.name)
+    for projection in PROJECTIONS:
+        snapshot = snapshots[projection.name]
+        expected = replays[min(snapshot.position, head)].rows(projection.table)
+        found = compare(projection, expected, snapshot.rows)
+        tracking = sum(1 for p in problems if p.projection == projection.name)
         checks.append(
             ProjectionCheck(
-                projection=view.name,
+                projection=projection.name,
                 position=snapshot.position,
                 head=head,
-                checked=len(expected.keys() | {_key(view.table, r) for r in snapshot.rows}),
+                checked=len(expected.keys() | {_key(projection.table, r) for r in snapshot.rows}),
                 drifted=sum(1 for d in found if d.kind == "drifted") + tracking,
                 missing=sum(1 for d in found if d.kind == "missing"),
                 extra=sum(1 for d in found if d.kind == "extra"),
@@ -136,7 +147,9 @@ def verify(projections: Projections, *, catch_up: bool = True) -> VerifyReport:
     )
 
 
-def _tracking_problem(view: View, tracked: int, highest: int, head: int) -> Discrepancy | None:
+def _tracking_problem(
+    projection: Projection, tracked: int, highest: int, head: int
+) -> Discrepancy | None:
     if tracked > head:
         message = f"tracking position {tracked} is beyond the head of the log ({head})"
     elif highest > tracked:
@@ -146,7 +159,7 @@ def _tracking_problem(view: View, tracked: int, highest: int, head: int) -> Disc
         )
     else:
         return None
-    return Discrepancy(view.name, "tracking", "", message=message)
+    return Discrepancy(projection.name, "tracking", "", message=message)
 
 
 def _key(table: Table, row: Sequence[Any]) -> str:
@@ -154,24 +167,24 @@ def _key(table: Table, row: Sequence[Any]) -> str:
 
 
 def compare(
-    view: View, expected: dict[str, tuple[Any, ...]], stored: Sequence[tuple[Any, ...]]
+    projection: Projection, expected: dict[str, tuple[Any, ...]], stored: Sequence[tuple[Any, ...]]
 ) -> list[Discrepancy]:
-    table = view.table
+    table = projection.table
     actual = {_key(table, r): tuple(r) for r in stored}
     found: list[Discrepancy] = []
     for key in sorted(expected.keys() | actual.keys()):
         want, have = expected.get(key), actual.get(key)
         if have is None:
-            found.append(Discrepancy(view.name, "missing", key))
+            found.append(Discrepancy(projection.name, "missing", key))
         elif want is None:
-            found.append(Discrepancy(view.name, "extra", key))
+            found.append(Discrepancy(projection.name, "extra", key))
         elif want != have:
             fields = {
                 col: {"expected": w, "actual": h}
                 for col, w, h in zip(table.column_names, want, have, strict=True)
                 if w != h
             }
-            found.append(Discrepancy(view.name, "drifted", key, fields))
+            found.append(Discrepancy(projection.name, "drifted", key, fields))
     return found
 
 
@@ -302,47 +315,31 @@ class Expected:
         return rows
 
 
-def replay(projections: Projections, upto: int) -> Expected:
+def replay(log: LogReader, upto: int) -> Expected:
     """Replays every job, invocation and decision in the log up to ``upto``."""
     expected = Expected()
     pending: dict[str, Any] = {}  # invocation id -> its Finished event awaiting a verdict
-    mapper = projections.service.mapper
-    for notification in _log(projections, upto):
-        if not notification.topic.startswith((_JOB_PREFIX, _INVOCATION_PREFIX, _DECISION_PREFIX)):
+    for notice in log.notices((), after=0, upto=upto, limit=REPLAY_BATCH):
+        topic = notice.topic
+        if not topic.startswith(_REPLAYED):
             continue
-        event: Any = mapper.to_domain_event(notification)
-        key = str(notification.originator_id)
+        event: Any = notice.event
+        key = notice.key
         expected.aggregates[key] = event.mutate(expected.aggregates.get(key))
-        expected.last_position[key] = notification.id
-        if not notification.topic.startswith(_INVOCATION_PREFIX):
-            continue
-        name = notification.topic[len(_INVOCATION_PREFIX) :]
-        if name == "Finished":
+        expected.last_position[key] = notice.id
+        if topic == FINISHED:
             pending[key] = event
-        elif name in ("Applied", "Discarded"):
+        elif topic in (APPLIED, DISCARDED):
             finished = pending.pop(key, None)
             expected.completions.append(
                 Completion(
-                    position=notification.id,
+                    position=notice.id,
                     invocation_id=key,
                     action=None if finished is None else finished.action,
                     params={} if finished is None else dict(finished.params),
                     verdict=event,
                 )
             )
-        elif name == "Compensated":
-            expected.compensations[str(event.session_id)].append((notification.id, key, event))
+        elif topic == COMPENSATED:
+            expected.compensations[str(event.session_id)].append((notice.id, key, event))
     return expected
-
-
-def _log(projections: Projections, upto: int) -> Iterator[Notification]:
-    after = 0
-    recorder = projections.service.recorder
-    while after < upto:
-        batch = recorder.select_notifications(
-            start=after, limit=REPLAY_BATCH, stop=upto, inclusive_of_start=False
-        )
-        yield from batch
-        if len(batch) < REPLAY_BATCH:
-            return
-        after = batch[-1].id

@@ -15,7 +15,7 @@ from bootstrap import Settings, System, build_system
 from domain import CurationService, Discarded, JobState
 from domain.cedar import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
-from integrations.runtime import SandboxLimits
+from integrations.limits import SandboxLimits
 from integrations.session_service import SessionService
 from tests.conftest import FixedRunner
 
@@ -101,9 +101,10 @@ def test_a_denied_run_fails_its_job_with_the_decision(
     job = system.service.get(dispatch.job_id)
     assert job.state == JobState.FAILED
     assert job.failure is not None
-    [pending] = system.service.policies.decisions("pending")
+    system.projections.catch_up()
+    [pending] = system.projections.decisions("pending")
     assert job.failure["reason"] == "authorization_denied"
-    assert job.failure["decision_id"] == str(pending.id)
+    assert job.failure["decision_id"] == pending.decision_id
     assert pending.job_id == str(dispatch.job_id)
     assert sessions.sessions == {}, "a denied call never leaves the host"
     assert sessions.requests == []

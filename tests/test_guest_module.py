@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import wasmtime
 
+from integrations.limits import SandboxLimits
 from integrations.modules import build
 from integrations.modules.build import build_session_message_wasm, sha256_file
-from integrations.runtime import Runtime, SandboxLimits
+from integrations.runtime import Runtime
 from integrations.session_client import SessionClient, SessionServiceError
 from integrations.session_service import SessionService
 

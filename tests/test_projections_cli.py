@@ -221,7 +221,7 @@ def test_project_follows_until_sigterm(shared_store_url: str) -> None:
 def stored_parity(p: Projections) -> bool:
     folded = fold_history(p.service)
     for name in folded:
-        view = p.view(name)
+        view = p.projection(name)
         at = view.table.index_of(view.table.key)
         rows = {str(r[at]): tuple(r) for r in p.store.snapshot(view).rows}
         assert rows == folded[name], name

@@ -10,7 +10,7 @@ from uuid import UUID
 from domain import CurationService
 from domain.job import CurationJob
 from domain.service import SNAPSHOT_INTERVAL
-from projections.audit import Timeline
+from projections.timeline import Timeline
 from scripts.bench.harness import (
     AUDIT,
     Bench,

@@ -33,7 +33,8 @@ from domain.outcomes import Applied
 from domain.service import completion_values
 from domain.store_url import postgres_conninfo
 from integrations.modules.build import PROJECT_ROOT
-from projections.runner import REBUILD_BATCH, Projections
+from projections.rebuild import REBUILD_BATCH
+from projections.runner import Projections
 from scripts.bench.harness import (
     LARGE_EVENTS,
     REBUILD,

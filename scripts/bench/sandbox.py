@@ -20,8 +20,9 @@ from domain.invocation import DEFAULT_INTEGRATION
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from integrations.host import HostSession, bound, call_guest, guest_exports, write_guest
 from integrations.invoke import sample_input
+from integrations.limits import SandboxLimits
 from integrations.modules.build import build_session_message_wasm
-from integrations.runtime import LoadedModule, Runtime, SandboxLimits
+from integrations.runtime import LoadedModule, Runtime
 from integrations.sandboxed import AuthorizedHost
 from scripts.bench.fakes import CannedClient, CannedHost, TimedAuthorizer
 from scripts.bench.harness import (

@@ -17,7 +17,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from projections.audit import Completion, JobStateAt, Timeline
+from projections.timeline import Timeline
+from projections.timeline_records import Completion, JobStateAt
 from scripts.cli.args import Args, Handler, Subcommands, add_command, version_number
 from scripts.cli.output import (
     EVENT_STYLES,

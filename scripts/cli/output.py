@@ -31,7 +31,7 @@ from domain import (
     StoreURLError,
     UnknownAction,
 )
-from projections.audit import plain
+from projections.timeline_records import plain
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command was refused or could not run: see EXIT_STATUS_HELP

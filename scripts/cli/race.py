@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bootstrap import Settings, build_system
+from bootstrap import Settings, System, build_system
 from domain import (
     Applied,
     CurationService,
@@ -183,9 +183,9 @@ def run_race(
             }
             for n in range(config.jobs)
         ]
-        orchestra = Orchestra(svc, specs, config, show=progress)
+        orchestra = Orchestra(system, specs, config, show=progress)
         anyio.run(orchestra.play, dispatcher)
-        return figures(svc, orchestra.job_ids, (permitted, gated), dispatcher, counting, config,
+        return figures(system, orchestra.job_ids, (permitted, gated), dispatcher, counting, config,
                        time.perf_counter() - started)  # fmt: skip
 
 
@@ -193,9 +193,10 @@ class Orchestra:
     """The operators' side of the race: submit, wait, approve, retry, until the jobs run."""
 
     def __init__(
-        self, svc: CurationService, specs: list[dict[str, Any]], config: RaceConfig, show: bool
+        self, system: System, specs: list[dict[str, Any]], config: RaceConfig, show: bool
     ) -> None:
-        self.svc = svc
+        self.svc = system.service
+        self.projections = system.projections
         self.specs = specs
         self.config = config
         self.show = show
@@ -230,8 +231,9 @@ class Orchestra:
         return [self.svc.get(j).state for j in job_ids]
 
     def _approve_and_retry(self) -> int:
-        for decision in self.svc.policies.decisions("pending"):
-            self.svc.policies.approve(decision.id, by=OPERATOR)
+        self.projections.catch_up()
+        for decision in self.projections.decisions("pending"):
+            self.svc.policies.approve(decision.decision_id, by=OPERATOR)
         retried = 0
         for job_id in self.job_ids:
             job = self.svc.get(job_id)
@@ -261,8 +263,13 @@ def wrongly_failed(svc: CurationService, job_id: UUID) -> bool:
     return False
 
 
+def denied(system: System) -> int:
+    system.projections.catch_up()
+    return len(system.projections.decisions())
+
+
 def figures(
-    svc: CurationService,
+    system: System,
     job_ids: list[UUID],
     services: tuple[SessionService, ...],
     dispatcher: Any,
@@ -270,6 +277,7 @@ def figures(
     config: RaceConfig,
     seconds: float,
 ) -> dict[str, Any]:
+    svc = system.service
     jobs = [svc.get(j) for j in job_ids]
     states = [j.state for j in jobs]
     owned = {j.session_id for j in jobs if j.state == JobState.RUNNING}
@@ -288,7 +296,7 @@ def figures(
         "discarded": sum(stats.discarded.values()),
         "discarded_by_reason": dict(sorted(stats.discarded.items())),
         "compensated": stats.compensated,
-        "denied": len(svc.policies.decisions()),
+        "denied": denied(system),
         "orphan_sessions": sum(1 for s in live if s not in owned),
         "timeouts": stats.timeouts,
         "runs": stats.runs,

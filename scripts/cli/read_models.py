@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.text import Text
 
 from domain import JobState, as_uuid
+from projections.catalog import PROJECTION_NAMES
+from projections.rebuild import RebuildReport
 from projections.recorders import hash_rows
-from projections.runner import RebuildReport
 from projections.verify import VerifyReport
-from projections.views import VIEW_NAMES
 from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_float, positive_int
 from scripts.cli.output import OneLineParser, emit, short, table
 from scripts.cli.root import read_models
@@ -137,7 +137,7 @@ def rebuild_payload(report: RebuildReport) -> dict[str, Any]:
 
 
 def run_rebuild(args: Args) -> int:
-    names = [args.projection] if args.projection else list(VIEW_NAMES)
+    names = [args.projection] if args.projection else list(PROJECTION_NAMES)
     with read_models(args) as p:
         reports = [p.rebuild(name) for name in names]
     payload: dict[str, Any]
@@ -261,10 +261,10 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
     )
     rebuild.add_argument(
         "--projection",
-        choices=VIEW_NAMES,
+        choices=PROJECTION_NAMES,
         default=None,
         metavar="NAME",
-        help=f"one of {', '.join(VIEW_NAMES)}",
+        help=f"one of {', '.join(PROJECTION_NAMES)}",
     )
 
     verify = add_command(

@@ -16,7 +16,7 @@ from rich.console import Console
 from bootstrap import build_system
 from integrations.host import NoNetwork
 from integrations.invoke import invoke_module, sample_input
-from integrations.runtime import SandboxLimits
+from integrations.limits import SandboxLimits
 from scripts.cli.args import Args, Handler, Subcommands, add_command, json_value, positive_int
 from scripts.cli.output import OneLineParser, emit, fields_table
 from scripts.cli.root import settings
