@@ -28,7 +28,7 @@ from domain import (
     UnknownAction,
 )
 from domain.transitions import MAX_PARAMS_BYTES
-from tests.conftest import event_count
+from tests.support.fakes import event_count
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 
 from domain import CurationService, JobState
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE, to_jsonable
-from tests.conftest import Cli, event_count
+from tests.support.cli import Cli
+from tests.support.fakes import event_count
 
 SEQUENT = Path(sys.executable).parent / "sequent"
 SPEC = {"target": "https://curation.example/feed", "tags": ["a", "b"]}
