@@ -217,7 +217,7 @@ class PolicyBook:
             "context": dict(context or {}),
             "reason": reason,
         }
-        check_json("request_decision", "decision", fields)
+        check_json("request_decision", "params", fields)
         decision = Decision(**fields)
         with self._store_call():
             self._app.save(decision)

@@ -241,7 +241,7 @@ class CurationService(Application[UUID]):
         that ran, not one the submitter guessed). LeaseHeld if another worker has it,
         InvocationFinished if it is done; else the Dispatch to run it under."""
         invocation_uuid = as_uuid(invocation_id, "invocation")
-        check_json("claim", "claim", {"worker": worker, "module_sha256": module_sha256})
+        check_json("claim", "params", {"worker": worker, "module_sha256": module_sha256})
 
         def once() -> Dispatch:
             invocation = self._invocation(invocation_uuid)
