@@ -27,8 +27,6 @@ from domain import (
 )
 from projections.audit import Timeline, VersionOutOfRange, check_invariants, label_for
 from scripts import cli
-from scripts.audit_commands import HANDLERS, add_audit_commands
-from scripts.output import OneLineParser, reporting_errors
 
 ENDPOINT = "http://127.0.0.1:8080/sessions"
 LATE_SESSION = "s-1-late"
@@ -509,19 +507,7 @@ def test_export_writes_one_json_line_per_event_in_time_order(
 
 
 def sequent(argv: list[str]) -> int:
-    """``sequent ...`` through cli.main once audit is wired in there; until then through the
-    same parts main uses (common options, this module's parser and handler, the error wrapper)."""
-    if "audit" in cli.HANDLERS:
-        return cli.main(argv)
-
-    def body() -> int:
-        parser = OneLineParser(prog="sequent", parents=[cli.common_options(suppress=False)])
-        sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-        add_audit_commands(sub, cli.common_options(suppress=True))
-        args = parser.parse_args(argv)
-        return HANDLERS[args.command](args)
-
-    return reporting_errors(body)
+    return cli.main(argv)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from domain import CurationService, JobState
-from scripts.output import EXIT_FAILED, EXIT_USAGE, to_jsonable
+from scripts.cli.output import EXIT_FAILED, EXIT_USAGE, to_jsonable
 from tests.conftest import Cli, event_count
 
 SEQUENT = Path(sys.executable).parent / "sequent"

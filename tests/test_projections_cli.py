@@ -21,7 +21,7 @@ import pytest
 from domain import CurationService
 from projections.progress import progress_bar
 from projections.runner import Projections
-from scripts.output import EXIT_FAILED, EXIT_USAGE
+from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
 from tests.conftest import Cli
 from tests.test_projections_fold import Workload, completions, fold_history
 

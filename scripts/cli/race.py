@@ -10,14 +10,17 @@ exists for.
 ``--baseline`` replays the same seed with the completion handling of the incident: completions
 are not correlated with their invocation, and a 409 (``InvalidTransition``) is treated as the
 integration's own failure and dispatched as ``Fail``. That behaviour lives only here, in
-``IncidentCompleter``, never in ``domain/``.
+``IncidentCompleter``, never in ``domain/``. ``--compare`` runs both, side by side.
+
+The benchmark (scripts/bench/race.py) times ``run_race`` too.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,6 +33,7 @@ import anyio.to_thread
 from eventsourcing.persistence import IntegrityError
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from bootstrap import Settings, build_system
 from domain import (
@@ -38,12 +42,15 @@ from domain import (
     Dispatch,
     InvalidTransition,
     JobState,
+    StoreURLError,
     Verdict,
 )
 from domain.cedar import default_policies
 from domain.invocation import Invocation
 from domain.job import CurationJob
 from integrations.session_service import SessionService
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_int
+from scripts.cli.output import OneLineParser, emit
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
 # Failures an operator retries after approving decisions; anything else is left as it is.
@@ -288,3 +295,61 @@ def figures(
         "events": svc.recorder.max_notification_id() or 0,
         "seconds": round(seconds, 3),
     }
+
+
+# -- the command ------------------------------------------------------------------------------
+
+RACE_KEYS = (
+    "jobs", "running", "completed", "failed", "wrongly_failed", "stale_completions", "applied",
+    "discarded", "compensated", "denied", "orphan_sessions", "timeouts", "events", "seconds",
+)  # fmt: skip
+
+
+def run_race_command(args: Args) -> int:
+    modes = (False, True) if args.compare else (args.baseline,)
+    if args.compare and args.db:
+        raise StoreURLError(args.db, "--compare runs two fresh SQLite stores; leave out --db")
+    results = [
+        run_race(
+            RaceConfig(jobs=args.jobs, seed=args.seed, baseline=baseline),
+            args.db,
+            progress=sys.stderr.isatty(),
+        )
+        for baseline in modes
+    ]
+    return emit(
+        args.json,
+        results if args.compare else results[0],
+        lambda out, _: out.print(race_table(results)),
+    )
+
+
+def race_table(results: Sequence[Mapping[str, Any]]) -> Table:
+    seed, jobs = results[0]["seed"], results[0]["jobs"]
+    table = Table(title=f"race: {jobs} jobs, seed {seed}", title_justify="left")
+    table.add_column("figure")
+    for result in results:
+        table.add_column(str(result["mode"]), justify="right")
+    for key in RACE_KEYS:
+        table.add_row(key, *(str(r[key]) for r in results))
+    return table
+
+
+HANDLERS: Mapping[str, Handler] = {"race": run_race_command}
+
+
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    race = add_command(
+        sub,
+        common,
+        "race",
+        help="run the incident end to end with real parts (guarded, or --baseline)",
+        description="N jobs submitted at once against two loopback session services; Cedar "
+        "denies one of them until the decisions are approved; slow answers make runs complete "
+        "late. Without --db each run uses a fresh SQLite file under .sequent/.",
+    )
+    race.add_argument("--jobs", type=positive_int, default=10, metavar="N")
+    race.add_argument("--seed", type=int, default=7, metavar="S")
+    mode = race.add_mutually_exclusive_group()
+    mode.add_argument("--baseline", action="store_true", help="the incident's unguarded handling")
+    mode.add_argument("--compare", action="store_true", help="both runs, side by side")
