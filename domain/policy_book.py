@@ -56,6 +56,7 @@ from domain.log import (
     log_reader,
 )
 from domain.store_errors import retrying, store_call
+from domain.values import check_json
 from domain.views import DecisionView, HistoryEntry, PolicySnapshot, PolicyView
 
 T = TypeVar("T")
@@ -67,6 +68,7 @@ def _text(command: str, name: str, value: object, *, required: bool, limit: int 
     if not isinstance(value, str) or (required and not value.strip()) or len(value) > limit:
         need = "a non-empty string" if required else "a string"
         raise InvalidParams(command, [f"{name} must be {need} of at most {limit} characters"])
+    check_json(command, name, value)
     return value
 
 
@@ -199,16 +201,18 @@ class PolicyBook:
             resource = entity_uid(RESOURCE_TYPE, endpoint)
         except (TypeError, ValueError) as exc:
             raise InvalidParams("request_decision", [str(exc)]) from None
-        decision = Decision(
-            principal=principal,
-            action=action_uid,
-            resource=resource,
-            job_id=str(job_id),
-            invocation_id=str(invocation_id),
-            module_sha256=module_sha256,
-            context=dict(context or {}),
-            reason=reason,
-        )
+        fields: dict[str, Any] = {
+            "principal": principal,
+            "action": action_uid,
+            "resource": resource,
+            "job_id": str(job_id),
+            "invocation_id": str(invocation_id),
+            "module_sha256": module_sha256,
+            "context": dict(context or {}),
+            "reason": reason,
+        }
+        check_json("request_decision", "params", fields)
+        decision = Decision(**fields)
         with self._store_call():
             self._app.save(decision)
         return decision.id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
@@ -37,6 +38,7 @@ from domain.transitions import (
     JobState,
     transition,
 )
+from domain.values import check_json
 from domain.views import HistoryEntry, InvocationView, JobView
 
 T = TypeVar("T")
@@ -52,6 +54,15 @@ def completion_values(action: str, params: Mapping[str, Any] | None) -> dict[str
             action, f"is not a completion action (one of {', '.join(sorted(COMPLETION_ACTIONS))})"
         )
     return transition(action).validate(params)
+
+
+def _ids_checked(dispatch: Dispatch) -> Dispatch:
+    """The dispatch with UUIDs for ids (MalformedId for anything that is not one)."""
+    job_id = as_uuid(dispatch.job_id)
+    invocation_id = as_uuid(dispatch.invocation_id, "invocation")
+    if (job_id, invocation_id) == (dispatch.job_id, dispatch.invocation_id):
+        return dispatch
+    return replace(dispatch, job_id=job_id, invocation_id=invocation_id)
 
 
 class CurationService(Application[UUID]):
@@ -141,9 +152,10 @@ class CurationService(Application[UUID]):
     ) -> list[Verdict]:
         """Several completions decided in order and saved in one transaction (group commit):
         each is decided on the state the ones before it left, exactly as if they had come one
-        by one. Bad input anywhere refuses the whole batch before anything is decided; a
-        version conflict re-decides the whole batch on fresh state."""
-        checked = [(d, a, completion_values(a, p)) for d, a, p in completions]
+        by one. Bad input anywhere (params, ids, a dispatch that contradicts its invocation's
+        record) refuses the whole batch and writes nothing; a version conflict re-decides the
+        whole batch on fresh state."""
+        checked = [(_ids_checked(d), a, completion_values(a, p)) for d, a, p in completions]
 
         def once() -> list[Verdict]:
             loaded: dict[UUID, CurationJob | Invocation] = {}
@@ -166,15 +178,15 @@ class CurationService(Application[UUID]):
     ) -> Verdict:
         """Loads (or reuses from ``loaded``) the job and invocation, asks the guard, and
         applies its verdict to both aggregates in memory."""
-        job_id = as_uuid(dispatch.job_id)
+        job_id = dispatch.job_id
         job = loaded.get(job_id)
         if not isinstance(job, CurationJob):
             job = loaded[job_id] = self._job(job_id)
         invocation = loaded.get(dispatch.invocation_id)
         if not isinstance(invocation, Invocation):
             invocation = self._invocation_or_none(dispatch.invocation_id)
-        if invocation is not None and invocation.job_id != job_id:
-            raise InvalidDispatch(dispatch.invocation_id, f"it belongs to job {invocation.job_id}")
+        if invocation is not None:
+            invocation.check_dispatch(dispatch, job_id)
         decision = decide(job, invocation, dispatch, action)
         if invocation is None:
             invocation = Invocation.unrecognised(
@@ -229,6 +241,7 @@ class CurationService(Application[UUID]):
         that ran, not one the submitter guessed). LeaseHeld if another worker has it,
         InvocationFinished if it is done; else the Dispatch to run it under."""
         invocation_uuid = as_uuid(invocation_id, "invocation")
+        check_json("claim", "params", {"worker": worker, "module_sha256": module_sha256})
 
         def once() -> Dispatch:
             invocation = self._invocation(invocation_uuid)
@@ -242,6 +255,7 @@ class CurationService(Application[UUID]):
 
     def compensate(self, invocation_id: UUID | str, session_id: str) -> None:
         invocation_uuid = as_uuid(invocation_id, "invocation")
+        check_json("compensate", "session_id", session_id)
 
         def once() -> None:
             invocation = self._invocation(invocation_uuid)

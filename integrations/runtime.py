@@ -58,6 +58,7 @@ from wasmtime import (
 )
 
 from domain.errors import SequentError
+from domain.values import json_problems
 from integrations.host import (
     GuestAbiError,
     HostCalls,
@@ -535,6 +536,11 @@ def _judge_output(
     memory: Memory, store: Store, packed: int, limits: SandboxLimits, session: HostSession
 ) -> _Verdict:
     value = _read_output(memory, store, packed, limits)
+    # Whatever the guest says becomes event data (its ok object a completion's params, its
+    # error message a Fail message): held to the same rules as any user JSON.
+    problems = json_problems(value, "output")
+    if problems:
+        raise _BadOutput(problems[0])
     if not isinstance(value, dict) or len(value) != 1:
         raise _BadOutput(_SHAPE)
     if isinstance(value.get("ok"), dict):

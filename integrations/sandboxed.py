@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from domain import Dispatch
+from domain.values import escape_unstorable
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
 from integrations.host import guest_error
@@ -69,9 +70,12 @@ def outcome_of(result: RunResult) -> RunOutcome:
     if result.outcome == "ok":
         return RunOutcome(ok=result.output)
     guest_kind = (result.output or {}).get("kind") if result.outcome == "error" else None
+    message = result.message or str((result.output or {}).get("message", ""))
     return RunOutcome(
         error_kind=result.error_kind or (guest_kind if isinstance(guest_kind, str) else None),
-        message=result.message or str((result.output or {}).get("message", "")),
+        # The host's own words may quote what no store can hold (a trap names the guest's
+        # functions); they are recorded with it escaped, never refused.
+        message=escape_unstorable(message),
         decision_id=result.decision_id,
     )
 
