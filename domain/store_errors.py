@@ -54,7 +54,9 @@ def waited_too_long(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, POSTGRES_WAITS):
             return True
-        if isinstance(seen, sqlite3.Error) and seen.sqlite_errorcode & 0xFF in SQLITE_WAITS:
+        # Only errors SQLite itself reported carry a code (not, say, "closed database").
+        code = getattr(seen, "sqlite_errorcode", 0) if isinstance(seen, sqlite3.Error) else 0
+        if code & 0xFF in SQLITE_WAITS:
             return True
         seen = seen.__cause__
     return False
@@ -111,10 +113,11 @@ class BoundedWaitDatastore(PostgresDatastore):
 
 
 def bound_waits(datastore: PostgresDatastore, options: str) -> None:
-    """Makes every connection ``datastore`` opens from now on start with libpq ``options`` (the
-    session's lock, statement and idle-transaction timeouts: the library sets only the last), and
-    makes a timed-out wait fail at once. Call it before the first connection: the pool reads its
-    connection arguments each time it connects, which is why they are set here and not passed in."""
+    """Makes every session ``datastore`` opens start with libpq ``options`` (the lock, statement
+    and idle-transaction timeouts: the library sets only the last itself), and a timed-out wait
+    fail at once. The library builds its pool with fixed connection arguments and no hook for
+    session settings, but the pool reads them afresh for each connection: added before the
+    first one, ``options`` reaches every session."""
     kwargs = datastore.pool.kwargs
     assert isinstance(kwargs, dict)  # the library passes its connection arguments as a dict
     kwargs["options"] = options

@@ -16,7 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from domain import CurationService, StoreURLError
+from domain import CurationService, StoreUnavailable, StoreURLError
+from domain.errors import StoreBusy
+from domain.store_errors import store_failure
 from domain.store_url import parse_store_url, redact
 from tests.conftest import Cli, event_count
 
@@ -193,6 +195,18 @@ def test_a_postgres_table_lock_fails_job_create_within_seconds_by_default(
         waited = time.monotonic() - started
     assert (code, "is busy" in line) == (1, True)
     assert waited < 10, f"the default lock timeout is 5 s, waited {waited:.1f} s"
+
+
+def test_a_driver_error_without_an_sqlite_code_is_store_unavailable() -> None:
+    closed = sqlite3.connect(":memory:")
+    closed.close()
+    with pytest.raises(sqlite3.ProgrammingError) as caught:
+        closed.execute("SELECT 1")
+    failure = store_failure("sqlite:///x.db", caught.value)
+    assert type(failure) is StoreUnavailable
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY  # as the driver sets it
+    assert type(store_failure("sqlite:///x.db", busy)) is StoreBusy
 
 
 def test_a_sqlite_file_that_is_not_a_database_is_store_unavailable(
