@@ -77,12 +77,14 @@ class CurationService(Application[UUID]):
     @classmethod
     def open(cls, url: str | None = None, *, module_sha256: str = "") -> CurationService:
         """Opens the store named by ``url`` (default: ``$SEQUENT_DB`` or a SQLite file under
-        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable."""
+        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable
+        (StoreBusy when another client holds a lock past the lock timeout)."""
         config: StoreConfig = parse_store_url(url or default_url())
         with config.opening(), store_call(config.url):
             return cls(config.env, url=config.url, module_sha256=module_sha256)
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory:
+        """The library's factory; a PostgreSQL one with sessions that time out waiting."""
         factory = super().construct_factory(env)
         if isinstance(factory, PostgresFactory):  # before the recorders' first connection
             bound_waits(factory.datastore, postgres_options(env))
