@@ -14,6 +14,9 @@ from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import Environment
 
 from domain.errors import (
     ActionNotAllowedHere,
@@ -28,8 +31,8 @@ from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
-from domain.store_errors import MAX_CONFLICT_RETRIES, retrying, store_call
-from domain.store_url import StoreConfig, default_url, parse_store_url
+from domain.store_errors import MAX_CONFLICT_RETRIES, bound_waits, retrying, store_call
+from domain.store_url import StoreConfig, default_url, parse_store_url, postgres_options
 from domain.transitions import (
     COMPLETION_ACTIONS,
     STATE_TIMEOUTS,
@@ -78,18 +81,26 @@ class CurationService(Application[UUID]):
     @classmethod
     def open(cls, url: str | None = None) -> CurationService:
         """Opens the store named by ``url`` (default: ``$SEQUENT_DB`` or a SQLite file under
-        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable."""
+        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable
+        (StoreBusy when another client holds a lock past the lock timeout)."""
         config: StoreConfig = parse_store_url(url or default_url())
-        config.prepare()
-        with store_call(config.url):
+        with config.opening(), store_call(config.url):
             return cls(config.env, url=config.url)
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory:
+        """The library's factory; a PostgreSQL one with sessions that time out waiting."""
+        factory = super().construct_factory(env)
+        if isinstance(factory, PostgresFactory):  # before the recorders' first connection
+            bound_waits(factory.datastore, postgres_options(env))
+        return factory
 
     # -- commands ---------------------------------------------------------------------------
 
     def create_job(self, spec: Mapping[str, Any]) -> UUID:
         values = TRANSITIONS["Create"].validate({"spec": spec})
         job = CurationJob(**values)
-        self.save(job)
+        with self._store_call():
+            self.save(job)
         return job.id
 
     def configure(self, job_id: UUID | str, settings: Mapping[str, Any]) -> None:

@@ -38,6 +38,7 @@ class AuthorizedHost:
         module_sha256: str,
         job_id: str,
         invocation_id: str,
+        attempt: int = 1,
     ) -> None:
         self.authorizer = authorizer
         self.client = client
@@ -45,6 +46,7 @@ class AuthorizedHost:
         self.module_sha256 = module_sha256
         self.job_id = job_id
         self.invocation_id = invocation_id
+        self.attempt = attempt
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
         method, url = str(request.get("method", "")), str(request.get("url", ""))
@@ -53,7 +55,15 @@ class AuthorizedHost:
         )
         if not decision.allowed:
             return guest_error("denied", decision.reason, decision.decision_id)
-        headers = request.get("headers") or {}
+        # The guest's own Host, fencing and hop-by-hop headers were dropped when its request was
+        # read (host.guest_headers); httpx sets Host from the URL Cedar checked. The key is the
+        # fencing token the session service honours: every run of this invocation (a retry, a
+        # lease taken over) gets the one session the first created, never a second.
+        headers = {
+            **(request.get("headers") or {}),
+            "Idempotency-Key": self.invocation_id,
+            "Sequent-Attempt": str(self.attempt),
+        }
         try:
             return self.client.request(method, url, headers, request.get("body"))
         except SessionServiceError as exc:
@@ -104,7 +114,7 @@ class SandboxRunner:
     def module_sha256(self) -> str:
         return self.module.sha256
 
-    def host_for(self, job_id: str, invocation_id: str) -> AuthorizedHost:
+    def host_for(self, job_id: str, invocation_id: str, attempt: int = 1) -> AuthorizedHost:
         return AuthorizedHost(
             self.authorizer,
             self.client,
@@ -112,10 +122,11 @@ class SandboxRunner:
             module_sha256=self.module_sha256,
             job_id=job_id,
             invocation_id=invocation_id,
+            attempt=attempt,
         )
 
     def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
-        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id))
+        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id), dispatch.attempt)
         return outcome_of(self.runtime.run(self.module, job_input, host, self.limits))
 
 
