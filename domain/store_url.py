@@ -1,7 +1,9 @@
 """Store URLs -> the ``eventsourcing`` persistence environment (DESIGN.md §5).
 
 ``memory://``; ``sqlite:///relative.db`` or ``sqlite:////absolute.db``, with ``?lock_timeout=S``;
-``postgresql://user[:password]@host[:port]/dbname``, with ``?schema=NAME&lock_timeout=S``.
+``postgresql://user[:password]@host[:port]/dbname``, with ``?schema=NAME&lock_timeout=S`` and
+``application_name=NAME`` (how the store's sessions are named in ``pg_stat_activity``, so an
+operator can tell one deployment's workers apart, or end exactly their connections).
 
 A URL that could mean two things is refused with StoreURLError rather than guessed at: an
 unknown or repeated query parameter (``sqlite:///x.db?mode=ro`` would otherwise name a file
@@ -43,14 +45,17 @@ POSTGRES_IDLE_IN_TRANSACTION_SECONDS = 5
 MAX_LOCK_TIMEOUT_SECONDS = 3600
 # NAMEDATALEN - 1: PostgreSQL truncates longer names without a word.
 POSTGRES_MAX_NAME_BYTES = 63
-# sequent's own key (the library has none for it): read by postgres_options().
+# sequent's own keys (the library has none for them): read by postgres_options().
 POSTGRES_STATEMENT_TIMEOUT = "POSTGRES_STATEMENT_TIMEOUT"
+POSTGRES_APPLICATION_NAME = "POSTGRES_APPLICATION_NAME"
 
 # Query values that are safe to show in a message; every other one is masked.
-SHOWN_PARAMS = frozenset({"schema", "lock_timeout"})
-POSTGRES_PARAMS = frozenset({"schema", "lock_timeout"})
+SHOWN_PARAMS = frozenset({"schema", "lock_timeout", "application_name"})
+POSTGRES_PARAMS = frozenset({"schema", "lock_timeout", "application_name"})
 SQLITE_PARAMS = frozenset({"lock_timeout"})
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
+# Also a word of libpq's ``options`` (-c application_name=NAME): no space, quote or backslash.
+APPLICATION_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 HOST_PORT = "expected host, host:port or [IPv6]:port, with a port from 1 to 65535"
 
 __all__ = [
@@ -192,7 +197,17 @@ def _postgres(url: str) -> StoreConfig:
     schema = params.get("schema")
     if schema is not None and not PLAIN_NAME.fullmatch(schema):
         raise StoreURLError(safe, "schema must be ASCII letters, digits and underscores")
-    for what, name in (("database name", dbname), ("user name", user), ("schema", schema)):
+    application_name = params.get("application_name")
+    if application_name is not None and not APPLICATION_NAME.fullmatch(application_name):
+        raise StoreURLError(
+            safe, "application_name must be ASCII letters, digits and any of _ . : -"
+        )
+    for what, name in (
+        ("database name", dbname),
+        ("user name", user),
+        ("schema", schema),
+        ("application_name", application_name),
+    ):
         _check_length(safe, what, name)
     lock_timeout = _lock_timeout(safe, params, POSTGRES_LOCK_TIMEOUT_SECONDS)
     env = {
@@ -209,6 +224,7 @@ def _postgres(url: str) -> StoreConfig:
         "POSTGRES_LOCK_TIMEOUT": str(lock_timeout),
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": str(POSTGRES_IDLE_IN_TRANSACTION_SECONDS),
         POSTGRES_STATEMENT_TIMEOUT: str(POSTGRES_STATEMENT_TIMEOUT_SECONDS),
+        POSTGRES_APPLICATION_NAME: application_name or "",
     }
     return StoreConfig("postgresql", env, safe)
 
@@ -268,7 +284,8 @@ def _prepare_sqlite(config: StoreConfig) -> None:
 
 def postgres_options(env: Mapping[str, str]) -> str:
     """libpq ``options`` that start every session with the store's lock, statement and
-    idle-in-transaction timeouts (seconds, as in ``env``)."""
+    idle-in-transaction timeouts (seconds, as in ``env``), and its application_name if the
+    URL gave one."""
     timeouts = {
         "lock_timeout": env.get("POSTGRES_LOCK_TIMEOUT") or POSTGRES_LOCK_TIMEOUT_SECONDS,
         "statement_timeout": env.get(POSTGRES_STATEMENT_TIMEOUT)
@@ -278,7 +295,10 @@ def postgres_options(env: Mapping[str, str]) -> str:
             or POSTGRES_IDLE_IN_TRANSACTION_SECONDS
         ),
     }
-    return " ".join(f"-c {name}={seconds}s" for name, seconds in timeouts.items())
+    options = [f"-c {name}={seconds}s" for name, seconds in timeouts.items()]
+    if env.get(POSTGRES_APPLICATION_NAME):
+        options.append(f"-c application_name={env[POSTGRES_APPLICATION_NAME]}")
+    return " ".join(options)
 
 
 def postgres_conninfo(env: dict[str, str]) -> str:
