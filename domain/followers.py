@@ -15,6 +15,7 @@ from uuid import UUID
 from eventsourcing.application import Application
 
 from domain.log import FINISHED, JOB_TOPICS, STARTED, STATE_AFTER, Notice, log_reader
+from domain.store_errors import store_call
 from domain.transitions import STATE_TIMEOUTS, JobState
 
 
@@ -26,16 +27,22 @@ class LogFollower:
 
     def __init__(self, app: Application[Any], batch_size: int = 1000) -> None:
         self._log = log_reader(app.recorder, app.mapper)
+        self._url = str(getattr(app, "url", type(app).__name__))  # as PolicyBook names it
         self._batch_size = batch_size
         self.position = 0
 
     def read_new(self) -> None:
-        """Folds every notice recorded since the last call, up to the head as of now."""
-        head = self._log.head()
-        for batch, covered in self._log.batches(self.position, head, self.topics, self._batch_size):
-            for notice in batch:
-                self.fold(notice)
-            self.position = covered
+        """Folds every notice recorded since the last call, up to the head as of now. A store
+        failure part way (a dropped connection) is StoreUnavailable, like every other read of
+        the store, and leaves the fold at the last whole batch: the next call goes on from
+        there."""
+        with store_call(self._url):
+            head = self._log.head()
+            batches = self._log.batches(self.position, head, self.topics, self._batch_size)
+            for batch, covered in batches:
+                for notice in batch:
+                    self.fold(notice)
+                self.position = covered
 
     def fold(self, notice: Notice) -> None:
         raise NotImplementedError

@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from domain import (
     Applied,
+    ConcurrencyError,
     CurationService,
     Discarded,
     Dispatch,
@@ -31,6 +32,7 @@ from domain import (
     InvocationFinished,
     JobState,
     LeaseHeld,
+    StoreUnavailable,
     Verdict,
 )
 from domain.transitions import STATE_TIMEOUTS
@@ -56,7 +58,10 @@ class Runner(Protocol):
         """The module it runs, recorded on each claim made to run it."""
         ...
 
-    def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome: ...
+    def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
+        """Raises StoreUnavailable when the run could not decide for want of the store (say,
+        an authorization check): the dispatcher runs it again rather than complete it."""
+        ...
 
 
 class Completer(Protocol):
@@ -117,6 +122,7 @@ class DispatchStats:
     leased_elsewhere: int = 0
     errors: int = 0
     timeouts: int = 0
+    store_retries: int = 0  # loop steps and runs cut short by the store (dropped, busy)
 
     def count(self, verdict: Verdict) -> None:
         if isinstance(verdict, Applied):
@@ -143,6 +149,7 @@ class Dispatcher:
         concurrency: int = 16,
         poll_interval: float = 0.02,
         sweep_interval: float = 1.0,
+        store_retry_interval: float = 0.5,
         timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
     ) -> None:
         self.service = service
@@ -155,6 +162,7 @@ class Dispatcher:
         self.limiter = anyio.CapacityLimiter(concurrency)
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
+        self.store_retry_interval = store_retry_interval
         self.timeouts = timeouts
         self.stats = DispatchStats()
         self._feed = service.pending_invocations()
@@ -168,12 +176,20 @@ class Dispatcher:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self, until: Callable[[], bool] = lambda: False) -> None:
-        """Dispatches until ``until()`` is true and nothing is in flight."""
+        """Dispatches until ``until()`` is true and nothing is in flight. When the store drops
+        a connection or stays busy, the loop looks again after ``store_retry_interval``
+        instead of ending: each of its steps decides afresh from what the store holds, so a
+        step cut short is safe to repeat, and a worker outlives a database restart."""
         async with anyio.create_task_group() as tg:
             while not (until() and not self._inflight):
-                await self._start_pending(tg)
-                await self._expire_overdue()
-                await self._sweep_deadlines()
+                try:
+                    await self._start_pending(tg)
+                    await self._expire_overdue()
+                    await self._sweep_deadlines()
+                except (StoreUnavailable, ConcurrencyError) as exc:
+                    self.stats.store_retries += 1
+                    log.warning("store call failed, retrying: %s", exc)
+                    await anyio.sleep(self.store_retry_interval)
                 await anyio.sleep(self.poll_interval)
 
     async def run_once(self) -> None:
@@ -193,6 +209,11 @@ class Dispatcher:
     async def _process(self, invocation_id: UUID) -> None:
         try:
             await anyio.to_thread.run_sync(self.process, invocation_id, limiter=self.limiter)
+        except StoreUnavailable as exc:
+            # Nothing was decided: this worker (whose lease it still is) or another runs it
+            # again; the fencing token gives a rerun the session the first run created.
+            log.warning("invocation %s left for a retry: %s", invocation_id, exc)
+            self.stats.store_retries += 1
         except Exception:
             # The worker stays up; the lease expires and this or another worker runs it again.
             log.exception("invocation %s left for a retry after its lease", invocation_id)

@@ -3,6 +3,9 @@ runner that turns one sandbox run into the outcome the dispatcher completes with
 
 Everything a guest asks for goes through ``AuthorizedHost.http_call``: authorized first (a
 denial records a pending Decision and the guest sees ``denied`` with its id), sent only then.
+A check that could not be made because the store failed is neither a denial nor the service's
+failure: nothing is sent, and the runner raises the StoreUnavailable once the guest returns, so
+the run is retried rather than completed (its job failed) over a dropped connection.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from domain import Dispatch
+from domain import Dispatch, StoreUnavailable
 from domain.values import escape_unstorable
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
@@ -47,12 +50,19 @@ class AuthorizedHost:
         self.job_id = job_id
         self.invocation_id = invocation_id
         self.attempt = attempt
+        self.store_failure: StoreUnavailable | None = None  # the run is void: see the module
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
         method, url = str(request.get("method", "")), str(request.get("url", ""))
-        decision = self.authorizer.check(
-            self.integration, self.module_sha256, method, url, self.job_id, self.invocation_id
-        )
+        if self.store_failure is not None:
+            return guest_error("http_error", "not sent: the run is void (store unavailable)")
+        try:
+            decision = self.authorizer.check(
+                self.integration, self.module_sha256, method, url, self.job_id, self.invocation_id
+            )
+        except StoreUnavailable as exc:
+            self.store_failure = exc
+            return guest_error("http_error", "not sent: the run is void (store unavailable)")
         if not decision.allowed:
             return guest_error("denied", decision.reason, decision.decision_id)
         # The guest's own Host, fencing and hop-by-hop headers were dropped when its request was
@@ -126,8 +136,13 @@ class SandboxRunner:
         )
 
     def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
+        """The run's outcome; raises StoreUnavailable if an authorization check could not
+        read or write the store (the run decided nothing and is to be retried)."""
         host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id), dispatch.attempt)
-        return outcome_of(self.runtime.run(self.module, job_input, host, self.limits))
+        result = self.runtime.run(self.module, job_input, host, self.limits)
+        if host.store_failure is not None:
+            raise host.store_failure
+        return outcome_of(result)
 
 
 class SessionStopper:

@@ -4,6 +4,9 @@ process): the commands that run integrations, so they wire the whole system thro
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import timedelta
@@ -13,7 +16,8 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from bootstrap import build_system
+from bootstrap import Settings, System, build_system
+from domain import StoreUnavailable
 from integrations.host import NoNetwork
 from integrations.invoke import invoke_module, sample_input
 from integrations.limits import SandboxLimits
@@ -21,6 +25,13 @@ from scripts.cli.args import Args, Handler, Subcommands, add_command, json_value
 from scripts.cli.output import OneLineParser, emit, fields_table
 from scripts.cli.root import settings
 from scripts.cli.signals import stop_on_signals
+
+log = logging.getLogger(__name__)
+
+# A worker rides out a database that drops it while it starts (a restart, a terminated backend)
+# as its loop does once it runs; a store still unavailable after this long is an error.
+START_PATIENCE_SECONDS = 15.0
+START_RETRY_SECONDS = 0.5
 
 
 def run_invoke(args: Args) -> int:
@@ -46,20 +57,38 @@ def render_invoke(out: Console, payload: Mapping[str, Any]) -> None:
 
 
 def run_worker(args: Args) -> int:
-    with build_system(settings(args)) as system:
+    # Before the slow start (opening the store, compiling the module): a SIGTERM meanwhile is
+    # then a clean stop with nothing run, not death by the signal.
+    stop = None if args.once else stop_on_signals()
+    with start_system(settings(args), stop or threading.Event()) as system:
         dispatcher = system.dispatcher(
             concurrency=args.concurrency,
             lease=timedelta(seconds=args.lease),
             worker_id=args.worker_id,
         )
-        if args.once:
+        if stop is None:
             anyio.run(dispatcher.run_once)
         else:
-            anyio.run(dispatcher.run, stop_on_signals().is_set)
+            anyio.run(dispatcher.run, stop.is_set)
         stats = asdict(dispatcher.stats)
     return emit(
         args.json, stats, lambda out, _: out.print(" ".join(f"{k}={v}" for k, v in stats.items()))
     )
+
+
+def start_system(config: Settings, stop: threading.Event) -> System:
+    """``build_system``, tried again every START_RETRY_SECONDS for START_PATIENCE_SECONDS
+    while the store is unavailable (each failure logged); opening a store is idempotent, so an
+    attempt cut short is safe to repeat. A stop asked for meanwhile ends the trying."""
+    give_up = time.monotonic() + START_PATIENCE_SECONDS
+    while True:
+        try:
+            return build_system(config)
+        except StoreUnavailable as exc:
+            if time.monotonic() >= give_up or stop.is_set():
+                raise
+            log.warning("store unavailable while starting, retrying: %s", exc)
+            stop.wait(START_RETRY_SECONDS)
 
 
 HANDLERS: Mapping[str, Handler] = {"invoke": run_invoke, "worker": run_worker}
