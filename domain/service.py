@@ -25,6 +25,7 @@ from domain.guard import Apply, decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
+from domain.orphan import OrphanSession, orphan_id
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
 from domain.store_errors import MAX_CONFLICT_RETRIES, retrying, store_call
@@ -249,6 +250,37 @@ class CurationService(Application[UUID]):
             self.save(invocation)
 
         self._retrying(f"compensation of invocation {invocation_uuid}", once)
+
+    def record_orphan(
+        self,
+        session_id: str,
+        service_url: str,
+        *,
+        invocation_id: UUID | None = None,
+        idempotency_key: str | None = None,
+    ) -> UUID:
+        """Records that reconciliation stopped ``session_id``: on the invocation that created
+        it when that is known, else on an OrphanSession of its own (recorded once per session).
+        Returns the id of the aggregate that holds the record."""
+        if invocation_id is not None:
+            creator = invocation_id
+
+            def on_creator() -> UUID:
+                invocation = self._invocation(creator)
+                invocation.orphan_stopped(session_id, service_url)
+                self.save(invocation)
+                return invocation.id
+
+            return self._retrying(f"orphan {session_id} of invocation {creator}", on_creator)
+
+        record_id = orphan_id(service_url, session_id)
+
+        def on_its_own() -> UUID:
+            if next(iter(self.events.get(record_id, limit=1)), None) is None:
+                self.save(OrphanSession(service_url, session_id, idempotency_key))
+            return record_id
+
+        return self._retrying(f"orphan {session_id} at {service_url}", on_its_own)
 
     def pending_invocations(self) -> PendingInvocations:
         """A follower of the store's invocations that are started and not yet finished."""

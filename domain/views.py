@@ -68,6 +68,12 @@ class InvocationView:
     lease_holder: str | None
     lease_until: datetime | None
     compensated: list[str]
+    orphans_stopped: list[str]  # sessions of this run that reconciliation stopped
+
+    @property
+    def finished(self) -> bool:
+        """As ``Invocation.finished``: a completion has arrived and its verdict is recorded."""
+        return self.completions > 0
 
     @classmethod
     def of(cls, invocation: Invocation) -> InvocationView:
@@ -84,6 +90,7 @@ class InvocationView:
             lease_holder=invocation.lease_holder,
             lease_until=invocation.lease_until,
             compensated=list(invocation.compensated),
+            orphans_stopped=list(invocation.orphans_stopped),
         )
 
 
