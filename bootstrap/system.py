@@ -14,6 +14,7 @@ from domain import CurationService
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import Completer, Dispatcher
 from integrations.modules.build import build_session_message_wasm
+from integrations.reconcile import Reconciler
 from integrations.runtime import LoadedModule, Runtime, SandboxLimits
 from integrations.sandboxed import SandboxRunner, SessionStopper
 from integrations.session_client import SessionClient
@@ -56,15 +57,22 @@ class System:
             self._projections = Projections(self.service)
         return self._projections
 
+    @property
+    def reconciler(self) -> Reconciler:
+        """Stops and records the sessions no job holds (``sequent reconcile``, and workers)."""
+        return Reconciler(self.service, self.client)
+
     def dispatcher(self, *, completer: Completer | None = None, compensate: bool = True,
                    **options: Any) -> Dispatcher:  # fmt: skip
         """A dispatcher over this system; ``completer`` replaces the guarded completion only
-        in the race's baseline simulation."""
+        in the race's baseline simulation. ``compensate`` keeps invariant 4: it stops the
+        sessions of discarded completions and reconciles periodically."""
         return Dispatcher(
             self.service,
             self.runner,
             completer=completer,
             sessions=SessionStopper(self.client) if compensate else None,
+            reconciler=self.reconciler if compensate else None,
             **options,
         )
 

@@ -5,6 +5,14 @@ Work is found in the store, not in a queue, so several worker processes can shar
 the lease (an OCC write on the invocation) keeps two of them off the same run, and a crashed
 worker's lease simply expires. Execution is at-least-once: a second completion of the same run is
 a recorded ``duplicate``, never a second effect.
+
+One invocation is processed in four steps, each a method: ``claim`` (lease it, read its job),
+``execute`` (run the integration), ``complete`` (the declaration maps the outcome to an action,
+the guard decides) and ``compensate`` (stop the session a discarded success left behind). The
+threaded loop (``run``) chains them in a worker thread; the whole-system simulation
+(``simulation/``) calls them one at a time, with crashes and a virtual clock in between. So do
+the sweeps (``expire_overdue``, ``sweep_deadlines``) and the periodic reconciliation
+(``reconcile_due``): every step takes the moment it acts at.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -33,7 +41,11 @@ from domain import (
     LeaseHeld,
     Verdict,
 )
+from domain.orphan import holds_session
 from domain.transitions import STATE_TIMEOUTS
+
+if TYPE_CHECKING:  # reconcile.py imports this module
+    from integrations.reconcile import ReconcileReport
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +79,10 @@ class Completer(Protocol):
 
 class SessionStopper(Protocol):
     def stop(self, service_url: str, session_id: str) -> bool: ...
+
+
+class Reconciles(Protocol):
+    def reconcile_all(self, now: datetime | None = None) -> ReconcileReport: ...
 
 
 # Where a job's spec names the session service its integration talks to.
@@ -117,12 +133,33 @@ class DispatchStats:
     leased_elsewhere: int = 0
     errors: int = 0
     timeouts: int = 0
+    orphans_stopped: int = 0
 
     def count(self, verdict: Verdict) -> None:
         if isinstance(verdict, Applied):
             self.applied += 1
             return
         self.discarded[str(verdict.reason)] = self.discarded.get(str(verdict.reason), 0) + 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """A claimed invocation, ready to run: the dispatch it runs under, the input the module
+    gets, and the session service its job names (where a compensation stops a session)."""
+
+    dispatch: Dispatch
+    job_input: dict[str, Any]
+    service_url: str | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a run's outcome came to: the action and params it was completed with (the
+    declaration's choice, never the module's) and the guard's verdict."""
+
+    action: str
+    params: dict[str, Any]
+    verdict: Verdict
 
 
 def default_worker_id() -> str:
@@ -137,29 +174,38 @@ class Dispatcher:
         *,
         completer: Completer | None = None,
         sessions: SessionStopper | None = None,
+        reconciler: Reconciles | None = None,
         declaration: Declaration | None = None,
         worker_id: str | None = None,
         lease: timedelta = timedelta(seconds=60),
         concurrency: int = 16,
         poll_interval: float = 0.02,
         sweep_interval: float = 1.0,
+        reconcile_interval: float | None = 60.0,
         timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
     ) -> None:
+        """``reconcile_interval``: seconds between two reconciliations by ``run`` when a
+        ``reconciler`` is given (None: never)."""
         self.service = service
         self.runner = runner
         self.completer: Completer = completer or service
         self.sessions = sessions
+        self.reconciler = reconciler
         self.declaration = declaration or Declaration()
         self.worker_id = worker_id or default_worker_id()
         self.lease = lease
         self.limiter = anyio.CapacityLimiter(concurrency)
         self.poll_interval = poll_interval
-        self.sweep_interval = sweep_interval
+        self.sweep_interval = timedelta(seconds=sweep_interval)
+        self.reconcile_interval = (
+            None if reconcile_interval is None else timedelta(seconds=reconcile_interval)
+        )
         self.timeouts = timeouts
         self.stats = DispatchStats()
         self._feed = service.pending_invocations()
         self._deadlines = service.job_deadlines(timeouts)
         self._swept_at = datetime.min.replace(tzinfo=UTC)
+        self._reconciled_at = datetime.min.replace(tzinfo=UTC)
         # invocation -> (its job once claimed, since when); and invocations leased elsewhere.
         self._inflight: dict[UUID, tuple[UUID | None, datetime]] = {}
         self._not_before: dict[UUID, datetime] = {}
@@ -172,8 +218,10 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             while not (until() and not self._inflight):
                 await self._start_pending(tg)
-                await self._expire_overdue()
-                await self._sweep_deadlines()
+                now = datetime.now(UTC)
+                self.stats.timeouts += await anyio.to_thread.run_sync(self.expire_overdue, now)
+                self.stats.timeouts += await anyio.to_thread.run_sync(self.sweep_deadlines, now)
+                await self._reconcile(now)
                 await anyio.sleep(self.poll_interval)
 
     async def run_once(self) -> None:
@@ -181,10 +229,14 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             await self._start_pending(tg)
 
+    def refresh(self) -> list[UUID]:
+        """The invocations started and not yet finished, as the store says now."""
+        self.pending = self._feed.refresh()
+        return self.pending
+
     async def _start_pending(self, tg: anyio.abc.TaskGroup) -> None:
         now = datetime.now(UTC)
-        self.pending = await anyio.to_thread.run_sync(self._feed.refresh)
-        for invocation_id in self.pending:
+        for invocation_id in await anyio.to_thread.run_sync(self.refresh):
             if invocation_id in self._inflight or self._not_before.get(invocation_id, now) > now:
                 continue
             self._inflight[invocation_id] = (None, now)
@@ -200,40 +252,35 @@ class Dispatcher:
         finally:
             self._inflight.pop(invocation_id, None)
 
-    async def _expire_overdue(self) -> None:
-        """Applies the Ready timeout to jobs whose run is still in flight here: the everyday
-        way a job moves on while its invocation is running, and so of late completions."""
-        limit = self.timeouts.get(JobState.READY)
-        if limit is None:
-            return
-        now = datetime.now(UTC)
-        overdue = {
-            job for job, since in list(self._inflight.values()) if job and now - since >= limit
-        }
-        for job_id in overdue:
-            if await anyio.to_thread.run_sync(self.service.expire, job_id, now, self.timeouts):
-                self.stats.timeouts += 1
+    async def _reconcile(self, now: datetime) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.reconcile_due, now)
+        except Exception:
+            # Orphans wait for the next pass; the worker's own runs are not held up by them.
+            log.exception("reconciliation failed; trying again in %s", self.reconcile_interval)
 
-    async def _sweep_deadlines(self) -> None:
-        """Every ``sweep_interval``: fails jobs that sat in Queued, Running or Finalizing past
-        their state timeout. Ready is left to ``_expire_overdue``, which counts from the claim,
-        so time spent waiting for a worker never times a job out."""
-        now = datetime.now(UTC)
-        if (now - self._swept_at).total_seconds() < self.sweep_interval:
-            return
-        self._swept_at = now
-        due = await anyio.to_thread.run_sync(self._deadlines.due, now, (JobState.READY,))
-        for job_id in due:
-            if await anyio.to_thread.run_sync(self.service.expire, job_id, now, self.timeouts):
-                self.stats.timeouts += 1
+    # -- one invocation, step by step --------------------------------------------------------
 
-    # -- one invocation ---------------------------------------------------------------------
-
-    def process(self, invocation_id: UUID) -> Verdict | None:
+    def process(self, invocation_id: UUID, now: datetime | None = None) -> Verdict | None:
         """Claims, runs and completes one invocation; None if another worker has it."""
+        run = self.claim(invocation_id, now)
+        if run is None:
+            return None
+        completion = self.complete(run, self.execute(run))
+        self.compensate(run, completion)
+        return completion.verdict
+
+    def claim(self, invocation_id: UUID, now: datetime | None = None) -> Run | None:
+        """Takes the lease on the invocation at ``now`` and reads its job; None if another
+        worker holds the lease or the invocation is already finished."""
+        moment = now or datetime.now(UTC)
         try:
             dispatch = self.service.claim(
-                invocation_id, self.worker_id, self.lease, module_sha256=self.runner.module_sha256
+                invocation_id,
+                self.worker_id,
+                self.lease,
+                moment,
+                module_sha256=self.runner.module_sha256,
             )
         except LeaseHeld as held:
             self._not_before[invocation_id] = held.until  # another worker's; look again later
@@ -242,7 +289,7 @@ class Dispatcher:
         except InvocationFinished:
             return None  # finished between the feed's read and the claim
         self._not_before.pop(invocation_id, None)
-        self._inflight[invocation_id] = (dispatch.job_id, datetime.now(UTC))
+        self._inflight[invocation_id] = (dispatch.job_id, moment)
         job = self.service.get(dispatch.job_id)
         job_input = {
             "invocation_id": str(invocation_id),
@@ -253,13 +300,18 @@ class Dispatcher:
                 "settings": job.settings,
             },
         }
-        outcome = self.runner(dispatch, job_input)
-        self.stats.runs += 1
-        verdict = self._complete(dispatch, outcome, job.spec.get(SESSION_SERVICE_KEY))
-        self.stats.count(verdict)
-        return verdict
+        service_url = job.spec.get(SESSION_SERVICE_KEY)
+        return Run(dispatch, job_input, service_url if isinstance(service_url, str) else None)
 
-    def _complete(self, dispatch: Dispatch, outcome: RunOutcome, service_url: object) -> Verdict:
+    def execute(self, run: Run) -> RunOutcome:
+        """Runs the integration for a claimed run."""
+        outcome = self.runner(run.dispatch, run.job_input)
+        self.stats.runs += 1
+        return outcome
+
+    def complete(self, run: Run, outcome: RunOutcome) -> Completion:
+        """Hands the outcome to the guard as the action the declaration maps it to."""
+        dispatch = run.dispatch
         action, params = self.declaration.completion(outcome)
         try:
             verdict = self.completer.complete(dispatch, action, params)
@@ -268,20 +320,66 @@ class Dispatcher:
             bad = RunOutcome(error_kind="bad_output", message=str(exc))
             action, params = self.declaration.on_failure, failure_params(bad)
             verdict = self.completer.complete(dispatch, action, params)
-        if isinstance(verdict, Discarded) and action == self.declaration.on_success:
-            self._compensate(dispatch, params, service_url)
-        return verdict
+        self._inflight.pop(dispatch.invocation_id, None)
+        self.stats.count(verdict)
+        return Completion(action, params, verdict)
 
-    def _compensate(
-        self, dispatch: Dispatch, params: Mapping[str, Any], service_url: object
-    ) -> None:
-        """A discarded SessionSpawned may have left a real session behind: stop it where the
-        job said its sessions live, and record that on the invocation (invariant 4)."""
-        session_id = params.get("session_id")
-        if self.sessions is None or not isinstance(session_id, str):
-            return
-        if not isinstance(service_url, str):
-            return
-        if self.sessions.stop(service_url, session_id):
-            self.service.compensate(dispatch.invocation_id, session_id)
-            self.stats.compensated += 1
+    def compensate(self, run: Run, completion: Completion) -> bool:
+        """A discarded success may have left a real session behind: stop it where the job
+        said its sessions live, and record that on the invocation (invariant 4). Not if the
+        job holds that very session: a second completion of the run that spawned it (the
+        service answers a repeated ``Idempotency-Key`` with the first session) is a discarded
+        duplicate, but its session is the job's. That cannot change after this look: only the
+        run that created a session can make a job hold it, and that run is finished."""
+        session_id = completion.params.get("session_id")
+        if not (
+            isinstance(completion.verdict, Discarded)
+            and completion.action == self.declaration.on_success
+            and self.sessions is not None
+            and isinstance(session_id, str)
+            and run.service_url is not None
+        ):
+            return False
+        job = self.service.get(run.dispatch.job_id)
+        if holds_session(job.state, job.session_id, session_id):
+            return False
+        if not self.sessions.stop(run.service_url, session_id):
+            return False  # left for reconciliation
+        self.service.compensate(run.dispatch.invocation_id, session_id)
+        self.stats.compensated += 1
+        return True
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def expire_overdue(self, now: datetime) -> int:
+        """Applies the Ready timeout to jobs whose run is in flight here, counted from the claim:
+        the everyday way a job moves on while its invocation is running, and so of late
+        completions. Returns how many jobs it failed."""
+        limit = self.timeouts.get(JobState.READY)
+        if limit is None:
+            return 0
+        claimed = list(self._inflight.values())
+        overdue = {job: None for job, since in claimed if job and now - since >= limit}
+        return sum(self.service.expire(job_id, now, self.timeouts) for job_id in overdue)
+
+    def sweep_deadlines(self, now: datetime) -> int:
+        """At most every ``sweep_interval``: fails jobs that sat in Queued, Running or
+        Finalizing past their state timeout. Ready is left to ``expire_overdue``, which counts
+        from the claim, so time spent waiting for a worker never times a job out."""
+        if now - self._swept_at < self.sweep_interval:
+            return 0
+        self._swept_at = now
+        due = self._deadlines.due(now, (JobState.READY,))
+        return sum(self.service.expire(job_id, now, self.timeouts) for job_id in due)
+
+    def reconcile_due(self, now: datetime) -> ReconcileReport | None:
+        """Reconciles every session service the store's jobs name, if ``reconcile_interval``
+        has passed since the last time (see ``integrations/reconcile.py``); else None."""
+        if self.reconciler is None or self.reconcile_interval is None:
+            return None
+        if now - self._reconciled_at < self.reconcile_interval:
+            return None
+        self._reconciled_at = now
+        report = self.reconciler.reconcile_all(now)
+        self.stats.orphans_stopped += report.stopped
+        return report

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("bootstrap", "domain", "integrations", "projections", "scripts", "tests")
+FIRST_PARTY = (
+    "bootstrap", "domain", "integrations", "projections", "scripts", "simulation", "tests",
+)  # fmt: skip
 
 # package -> the first-party packages its code may import (itself always allowed)
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -25,6 +27,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "projections": frozenset({"domain"}),
     "bootstrap": frozenset({"domain", "integrations", "projections"}),
     "scripts": frozenset({"bootstrap", "domain", "integrations", "projections"}),
+    "simulation": frozenset({"domain", "integrations"}),
 }
 
 
