@@ -30,7 +30,6 @@ MOVES: dict[tuple[str, str], str] = {
     ("Failed", "Retry"): "Queued",
     **{(s, "Fail"): "Failed" for s in ("Queued", "Ready", "Running", "Finalizing")},
 }
-STARTS_A_RUN = frozenset({"Submit", "RepairRequired"})
 HOLDING = frozenset({"Running", "Finalizing", "Completed"})  # states whose job holds its session
 
 

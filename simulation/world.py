@@ -166,13 +166,7 @@ class World:
             actions.append((self.run, 5))
         if any(w.answered for w in self.workers):
             actions.append((self.deliver, 6))
-        action = pick(self.rng, tuple(actions))
-        try:
-            self._record(action())
-            self.check()
-        except Exception:
-            self._record(f"({action.__name__} failed)")  # what the violation interrupted
-            raise
+        self._do(pick(self.rng, tuple(actions)))
 
     def drain(self) -> None:
         """Drives every run left to its verdict (no more faults), lets time pass beyond the
@@ -180,24 +174,29 @@ class World:
         for _ in range(4 * len(self.model.runs) + 4):
             for worker in self.workers:
                 while worker.answered:
-                    self._record(self.deliver(worker, 0, "once"))
-                    self.check()
+                    self._do(self.deliver, worker, 0, "once")
                 while worker.claimed:
-                    self._record(self.run(worker, 0, RunFault.NONE))
-                    self.check()
+                    self._do(self.run, worker, 0, RunFault.NONE)
             if not any(not r.finished for r in self.model.runs.values()):
                 break
-            self._record(self.advance(LEASE + timedelta(seconds=1)))  # crashed workers' leases
+            self._do(self.advance, LEASE + timedelta(seconds=1))  # the leases of the dead run out
             worker = self.workers[0]
             for invocation_id in worker.dispatcher.refresh():
-                self._record(self.claim(worker, invocation_id))
-                self.check()
+                self._do(self.claim, worker, invocation_id)
         else:
             raise Violation("model", "runs still unfinished after draining")
-        self._record(self.advance(DEFAULT_GRACE + timedelta(seconds=1)))
-        self._record(self.reconcile(self.workers[0], faults=False))
-        self.check()
+        self._do(self.advance, DEFAULT_GRACE + timedelta(seconds=1))
+        self._do(self.reconcile, self.workers[0], False)
         self.check_final()
+
+    def _do(self, action: Callable[..., str], *args: Any) -> None:
+        """Takes one action, records what it did, and checks everything."""
+        try:
+            self._record(action(*args))
+            self.check()
+        except Exception:
+            self._record(f"({action.__name__} failed)")  # what the violation interrupted
+            raise
 
     def labelled(self, text: str) -> str:
         """``text`` with every id the model knows replaced by its label (J1, I2), any other by
@@ -398,7 +397,7 @@ class World:
 
     # -- actions: sessions -------------------------------------------------------------------
 
-    def reconcile(self, worker: Worker | None = None, *, faults: bool = True) -> str:
+    def reconcile(self, worker: Worker | None = None, faults: bool = True) -> str:
         worker = worker or self.rng.choice(self.workers)
         if faults and self.rng.random() < 0.1:
             self.sessions.fail_lists.add(self.rng.choice(list(SERVICES)))
