@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -43,9 +43,8 @@ from domain import (
 )
 from domain.orphan import holds_session
 from domain.transitions import STATE_TIMEOUTS
-
-if TYPE_CHECKING:  # reconcile.py imports this module
-    from integrations.reconcile import ReconcileReport
+from integrations.reconcile import ReconcileReport
+from integrations.session_client import SESSION_SERVICE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +83,6 @@ class SessionStopper(Protocol):
 class Reconciles(Protocol):
     def reconcile_all(self, now: datetime | None = None) -> ReconcileReport: ...
 
-
-# Where a job's spec names the session service its integration talks to.
-SESSION_SERVICE_KEY = "session_service"
 
 # How a classified failure becomes the job's Fail reason.
 FAIL_REASONS: Mapping[str, str] = {
@@ -205,7 +201,7 @@ class Dispatcher:
         self._feed = service.pending_invocations()
         self._deadlines = service.job_deadlines(timeouts)
         self._swept_at = datetime.min.replace(tzinfo=UTC)
-        self._reconciled_at = datetime.min.replace(tzinfo=UTC)
+        self._reconciled_at: datetime | None = None  # None: the first look starts the clock
         # invocation -> (its job once claimed, since when); and invocations leased elsewhere.
         self._inflight: dict[UUID, tuple[UUID | None, datetime]] = {}
         self._not_before: dict[UUID, datetime] = {}
@@ -373,10 +369,13 @@ class Dispatcher:
         return sum(self.service.expire(job_id, now, self.timeouts) for job_id in due)
 
     def reconcile_due(self, now: datetime) -> ReconcileReport | None:
-        """Reconciles every session service the store's jobs name, if ``reconcile_interval``
-        has passed since the last time (see ``integrations/reconcile.py``); else None."""
+        """Reconciles every session service the store's jobs name once ``reconcile_interval``
+        has passed since the last time, or since the first call (a worker starting does not
+        add to a burst of restarts); see ``integrations/reconcile.py``. Else None."""
         if self.reconciler is None or self.reconcile_interval is None:
             return None
+        if self._reconciled_at is None:
+            self._reconciled_at = now
         if now - self._reconciled_at < self.reconcile_interval:
             return None
         self._reconciled_at = now

@@ -34,8 +34,7 @@ from domain import (
 from domain.followers import LogFollower
 from domain.log import JOB_CREATED, JOB_SESSION_SPAWNED, JOB_TOPICS, STATE_AFTER, Notice
 from domain.orphan import DEFAULT_GRACE, HOLDING_STATES, Finding, judge
-from integrations.dispatcher import SESSION_SERVICE_KEY
-from integrations.session_client import SessionServiceError
+from integrations.session_client import SESSION_SERVICE_KEY, SessionServiceError
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,9 @@ import httpx
 
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 
+# Where a job's spec names the session service its integration talks to.
+SESSION_SERVICE_KEY = "session_service"
+
 ErrorKind = Literal["http_error", "bad_request"]
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from domain import Dispatch
 from integrations.authorizer import CedarAuthorizer
-from integrations.dispatcher import SESSION_SERVICE_KEY, RunOutcome
+from integrations.dispatcher import RunOutcome
+from integrations.session_client import SESSION_SERVICE_KEY
 from simulation.sessions import SessionModels
 
 INTEGRATION = "build_session_message"

@@ -46,7 +46,6 @@ from domain.orphan import DEFAULT_GRACE, OrphanSession, orphan_id
 from domain.transitions import STATE_TIMEOUTS
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import (
-    SESSION_SERVICE_KEY,
     Completer,
     Completion,
     Dispatcher,
@@ -54,6 +53,7 @@ from integrations.dispatcher import (
     RunOutcome,
 )
 from integrations.reconcile import Reconciler
+from integrations.session_client import SESSION_SERVICE_KEY
 from simulation.clock import VirtualClock
 from simulation.incident import IncidentCompleter
 from simulation.model import Model, RunModel, Violation, verdict_text
@@ -185,6 +185,8 @@ class World:
                 self._do(self.claim, worker, invocation_id)
         else:
             raise Violation("model", "runs still unfinished after draining")
+        # A worker that keeps running reconciles within its interval of first looking.
+        self._do(self.reconcile, self.workers[0], False)
         self._do(self.advance, DEFAULT_GRACE + timedelta(seconds=1))
         self._do(self.reconcile, self.workers[0], False)
         self.check_final()
