@@ -100,6 +100,16 @@ class VersionOutOfRange(AuditError):
         super().__init__(f"job {job_id} has versions 1..{latest}; there is no version {version!r}")
 
 
+class UnreadableEvent(AuditError):
+    """An event of the job's history cannot be decoded (its row was written or changed by hand):
+    the audit cannot show it, and says which one rather than guessing."""
+
+    def __init__(self, aggregate: str, aggregate_id: object, version: int, why: str) -> None:
+        self.aggregate_id = aggregate_id
+        self.version = version
+        super().__init__(f"{aggregate} {aggregate_id}: event {version} cannot be read: {why}")
+
+
 class ExportFailed(AuditError):
     def __init__(self, path: Path, why: str) -> None:
         self.path = path

@@ -108,6 +108,13 @@ class Ran:
         assert self.err == ""
         return json.loads(self.out)
 
+    def failed_json(self) -> Any:
+        """The JSON report of a command that printed it and exited 1 (verify on drift, rebuild
+        when the live and rebuilt checksums differ)."""
+        assert self.code == 1, self.err
+        assert self.err == ""
+        return json.loads(self.out)
+
     def error_line(self) -> str:
         assert self.code != 0
         assert self.out == ""

@@ -132,12 +132,14 @@ def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationServic
     assert report["checked"] == sum(len(v) for v in fold_history(incident).values())
     with Projections.open(db) as p:
         p.store.execute('UPDATE decisions SET "status" = ?', ("approved",))
-    drift = sequent("verify", "--json").json()
+    drift = sequent("verify", "--json").failed_json()  # exit 1: DESIGN.md §5
     assert (drift["drifted"], drift["ok"]) == (1, False)
     (detail,) = drift["details"]
     assert detail["projection"] == "decisions"
     assert detail["fields"] == {"status": {"expected": "pending", "actual": "approved"}}
-    assert "DRIFT" in sequent("verify").out
+    human = sequent("verify")
+    assert human.code == EXIT_FAILED
+    assert "DRIFT" in human.out
 
 
 @pytest.mark.parametrize(
