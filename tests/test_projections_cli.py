@@ -142,6 +142,50 @@ def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationServic
     assert "DRIFT" in human.out
 
 
+@pytest.fixture
+def incident_store(shared_store_url: str) -> str:
+    """The incident's store on SQLite and on PostgreSQL, its read models at the head."""
+    with Projections.open(shared_store_url) as p:
+        Workload(p.service).incident(jobs=3, seed=1)
+        p.service.policies.request_decision(
+            integration="build_session_message", endpoint="http://h:1/s"
+        )
+        p.catch_up()
+    return shared_store_url
+
+
+def test_rebuild_exits_1_when_the_live_checksum_differed(sequent: Cli, incident_store: str) -> None:
+    db = ("--db", incident_store)
+    with Projections.open(incident_store) as p:
+        table = p.store.qualified("decisions")
+        p.store.execute(f'UPDATE {table} SET "status" = ?', ("approved",))
+    ran = sequent("rebuild", "--projection", "decisions", "--json", *db)
+    report = ran.failed_json()  # the report is still printed
+    assert report["equal"] is False
+    assert report["checksum_live"] != report["checksum_rebuilt"]
+    every = sequent("rebuild", "--json", *db).json()  # the rebuilt tables are in place: equal
+    assert every["equal"] is True
+    assert sequent("verify", "--json", *db).json()["ok"] is True
+
+
+def test_status_shows_a_position_past_the_head_as_negative_lag_and_drift(
+    sequent: Cli, incident_store: str
+) -> None:
+    db = ("--db", incident_store)
+    with Projections.open(incident_store) as p:
+        head = p.head()
+        p.store.force_position(p.projection("sessions"), head + 5)
+    rows = {s["projection"]: s for s in sequent("status", "--json", *db).json()}
+    assert (rows["sessions"]["lag"], rows["job_status"]["lag"]) == (-5, 0)
+    assert rows["sessions"]["drift"] == (
+        f"position {head + 5} is past the head {head}: rebuild the projection"
+    )
+    assert rows["job_status"]["drift"] is None
+    human = sequent("status", *db)
+    assert "DRIFT" in human.out
+    assert f"sessions: position {head + 5} is past the head" in human.out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
