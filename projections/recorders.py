@@ -45,16 +45,17 @@ from eventsourcing.sqlite import (
 )
 from psycopg.sql import SQL
 
-from domain.log import Notice
+from domain.log import UNREADABLE, Notice
 from domain.service import CurationService
 from domain.store_url import first_line
 from projections.errors import UnsupportedStore
-from projections.projection import Insert, Projection, Upsert, Write
+from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import INT, Table
 
 SHADOW_SUFFIX = "__rebuild"
 LOOKUP_CHUNK = 500  # keys per IN (...) query
 CHECKSUM_PAGE = 5000  # rows per keyset page while hashing
+SKIPPED_ERROR_CHARS = 300  # of the error recorded for a skipped event
 
 # What a driver raises from inside a transaction (the datastores translate on the way out).
 DB_ERRORS: tuple[type[Exception], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -183,7 +184,7 @@ class ReadModels(ABC):
     def _projection_ddl(self, projections: Sequence[Projection]) -> list[str]:
         statements: list[str] = []
         for projection in projections:
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 statements.append(self._create_table_sql(table, table.name))
                 statements.extend(self._index_sql(table, table.name))
         return statements
@@ -281,7 +282,37 @@ class ReadModels(ABC):
         def lookup(table: Table, keys: Collection[str]) -> dict[str, tuple[Any, ...]]:
             return self._lookup(c, table, keys, shadow)
 
-        for write in projection.writes(batch, lookup):
+        try:
+            writes = projection.writes(batch, lookup)
+        except UNREADABLE:
+            # An event the store accepted that this projection cannot fold must not stop it
+            # (DESIGN.md §1 invariant 5): fold the batch again one event at a time — the same
+            # result, as a fold does not depend on where batches end — and record the ones
+            # that fail as skipped. A fold raises before it asks for any write.
+            writes = self._writes_skipping(projection, batch, lookup, c, shadow)
+        self._execute(c, writes, shadow)
+
+    def _writes_skipping(
+        self,
+        projection: Projection,
+        batch: Sequence[Notice],
+        lookup: Lookup,
+        c: Any,
+        shadow: bool,
+    ) -> list[Write]:
+        skipped: list[tuple[Any, ...]] = []
+        for notice in batch:
+            try:
+                writes = projection.writes([notice], lookup)
+            except UNREADABLE as exc:
+                why = first_line(exc)[:SKIPPED_ERROR_CHARS]
+                skipped.append((notice.id, notice.topic, notice.key, notice.version, why))
+                continue
+            self._execute(c, writes, shadow)  # before the next event's lookups
+        return [Insert(projection.skipped, skipped)]
+
+    def _execute(self, c: Any, writes: Sequence[Write], shadow: bool) -> None:
+        for write in writes:
             if write.rows:
                 c.executemany(self._write_sql(write, shadow), write.rows)
 
@@ -358,7 +389,7 @@ class ReadModels(ABC):
         with self._transaction(write=False, snapshot=True) as c:
             tracked = self._read_position(c, self.tracking_key(projection))
             highest = 0
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f'SELECT MAX("position") FROM {self._qualified(table.name)}')
                 highest = max(highest, int(self._fetchall(c)[0][0] or 0))
         return tracked, highest
@@ -414,7 +445,7 @@ class ReadModels(ABC):
         shadow tracking row at 0. Whatever an interrupted rebuild left is dropped first."""
         with self._transaction(write=True) as c:
             self._lock_row(c, self.tracking_key(projection, shadow=True))
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
                 c.execute(self._create_table_sql(table, shadow_name(table)))
             self._set_position(c, self.tracking_key(projection, shadow=True), 0)
@@ -422,7 +453,7 @@ class ReadModels(ABC):
     def drop_shadow(self, projection: Projection) -> None:
         with self._transaction(write=True) as c:
             self._lock_row(c, self.tracking_key(projection, shadow=True))
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
             self._delete_position(c, self.tracking_key(projection, shadow=True))
 
@@ -455,7 +486,7 @@ class ReadModels(ABC):
             rows, checksum_rebuilt = self._checksum(
                 c, projection.table, shadow_name(projection.table)
             )
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(table.name)}")
                 for statement in self._rename_sql(table, shadow_name(table), table.name):
                     c.execute(statement)

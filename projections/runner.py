@@ -53,6 +53,7 @@ from projections.schema import (
     DecisionRow,
     JobStatusRow,
     SessionRow,
+    SkippedRow,
     to_row,
 )
 from projections.verify import VerifyReport, verify_read_models
@@ -69,6 +70,7 @@ class ProjectionStatus:
     lag: int  # head - position: notification ids still to apply; negative is drift
     rows: int
     drift: str | None = None  # why the position cannot be right (sequent verify says more)
+    skipped: int = 0  # events of its topics it could not fold and recorded instead
 
 
 class Projections:
@@ -312,6 +314,12 @@ class Projections:
             rows = [to_row(SESSIONS, r) for r in self.store.select(SESSIONS, None, ("position",))]
         return [r for r in rows if r.orphan] if orphans else rows
 
+    def skipped(self, name: str) -> list[SkippedRow]:
+        """The events projection ``name`` could not fold and recorded instead, oldest first."""
+        table = self.projection(name).skipped
+        with self._store_call():
+            return [to_row(table, r) for r in self.store.select(table)]
+
     def lag(self) -> dict[str, int]:
         return {s.projection: s.lag for s in self.status()}
 
@@ -327,6 +335,7 @@ class Projections:
                     lag=head - positions[p.name],
                     rows=self.store.count(p.table),
                     drift=_position_drift(positions[p.name], head),
+                    skipped=self.store.count(p.skipped),
                 )
                 for p in PROJECTIONS
             ]

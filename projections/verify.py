@@ -75,7 +75,8 @@ SNAPSHOTS = "snapshots"  # snapshot: key "<job id>@<version>"
 @dataclass(frozen=True)
 class Discrepancy:
     projection: str  # a read model, or EVENTS / SNAPSHOTS
-    kind: str  # missing | extra | drifted | tracking | invalid_transition | undecodable | snapshot
+    kind: str  # missing | extra | drifted | tracking | skipped (a read model's) or
+    # invalid_transition | undecodable | snapshot (the store's)
     key: str
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> expected, actual
     message: str = ""
@@ -90,6 +91,7 @@ class ProjectionCheck:
     drifted: int
     missing: int
     extra: int
+    skipped: int = 0  # events it recorded as skipped (could not fold); counted as drifted
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ def verify_read_models(
         snapshot = views[projection.name]
         expected = replays[min(snapshot.position, head)].rows(projection.table)
         found = compare(projection, expected, snapshot.rows)
+        skipped = _skipped(projection, store.select(projection.skipped))
         tracking = sum(1 for p in problems if p.projection == projection.name)
         checks.append(
             ProjectionCheck(
@@ -153,11 +156,13 @@ def verify_read_models(
                 position=snapshot.position,
                 head=head,
                 checked=len(expected.keys() | {_key(projection.table, r) for r in snapshot.rows}),
-                drifted=sum(1 for d in found if d.kind == "drifted") + tracking,
+                drifted=sum(1 for d in found if d.kind == "drifted") + tracking + len(skipped),
                 missing=sum(1 for d in found if d.kind == "missing"),
                 extra=sum(1 for d in found if d.kind == "extra"),
+                skipped=len(skipped),
             )
         )
+        problems.extend(skipped)
         problems.extend(found)
     drifted = sum(c.drifted for c in checks) + len(history)
     missing = sum(c.missing for c in checks)
@@ -186,6 +191,20 @@ def _history_problems(expected: Expected, app: Application[UUID]) -> tuple[int, 
         for p in found
     ]
     return checked, [*expected.problems, *snapshots]
+
+
+def _skipped(projection: Projection, rows: Sequence[tuple[Any, ...]]) -> list[Discrepancy]:
+    """The events the projection recorded as skipped: its rows cannot be the fold of the log
+    when it left events out, whatever the comparison says."""
+    return [
+        Discrepancy(
+            projection.name,
+            "skipped",
+            str(position),
+            message=f"{topic.rsplit('.', 1)[-1]} of {key}@{version} not folded: {error}",
+        )
+        for position, topic, key, version, error in rows
+    ]
 
 
 def _tracking_problem(

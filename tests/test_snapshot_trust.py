@@ -19,6 +19,7 @@ from domain.service import SNAPSHOT_INTERVAL
 from projections import check_invariants
 from scripts.cli.output import EXIT_FAILED
 from tests.conftest import Cli, event_count
+from tests.store_sql import store_sql
 
 
 @pytest.fixture
@@ -35,27 +36,6 @@ def running_job(svc: CurationService, events: int = SNAPSHOT_INTERVAL) -> UUID:
     for n in range(events - 3):
         svc.execute(job_id, "RecordProgress", {"entry": {"n": n}})
     return job_id
-
-
-def store_sql(svc: CurationService, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """Runs ``sql`` on the store by hand, as an operator (or a bug) would: ``{snapshots}`` and
-    ``{events}`` name the tables, ``?`` the parameters; a UUID parameter is given as the
-    store keeps it."""
-    snapshots: Any = svc.snapshots.recorder  # type: ignore[union-attr]
-    events: Any = svc.recorder
-    datastore: Any = events.datastore
-    schema = getattr(datastore, "schema", None)
-    names = {"snapshots": snapshots.events_table_name, "events": events.events_table_name}
-    if schema is None:  # SQLite keeps a UUID as 32 hex digits
-        text = sql.format(**names)
-        values = tuple(p.hex if isinstance(p, UUID) else p for p in params)
-        with datastore.transaction(commit=True) as c:
-            c.execute(text, values)
-            return [tuple(r) for r in c.fetchall()]
-    text = sql.format(**{k: f'"{schema}"."{v}"' for k, v in names.items()}).replace("?", "%s")
-    with datastore.transaction(commit=True) as c:
-        c.execute(text, params)
-        return [tuple(r.values()) for r in c.fetchall()] if c.description else []
 
 
 def change_snapshot(

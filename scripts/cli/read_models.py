@@ -113,6 +113,10 @@ def run_sessions(args: Args) -> int:
     return emit(args.json, payload, lambda out, _: render(out, rows))
 
 
+def flag(drift: str | None) -> str | None:
+    return None if drift is None else "DRIFT"
+
+
 def run_status(args: Args) -> int:
     with read_models(args) as p:
         statuses = p.status()
@@ -121,9 +125,9 @@ def run_status(args: Args) -> int:
         out.print(
             table(
                 "read models",
-                ("projection", "position", "head", "lag", "rows", "drift"),
+                ("projection", "position", "head", "lag", "rows", "skipped", "drift"),
                 [
-                    (s.projection, s.position, s.head, s.lag, s.rows, s.drift and "DRIFT")
+                    (s.projection, s.position, s.head, s.lag, s.rows, s.skipped, flag(s.drift))
                     for s in rows
                 ],
             )
@@ -192,6 +196,10 @@ def run_rebuild(args: Args) -> int:
     return EXIT_OK if all(r.equal for r in reports) else EXIT_FAILED
 
 
+VERIFY_COLUMNS = ("projection", "position", "head", "checked", "drifted", "missing", "extra",
+                  "skipped")  # fmt: skip
+
+
 def run_verify(args: Args) -> int:
     with read_models(args) as p:
         report = p.verify(catch_up=not args.no_catch_up)
@@ -200,11 +208,8 @@ def run_verify(args: Args) -> int:
         out.print(
             table(
                 "verify: read models against the replayed aggregates",
-                ("projection", "position", "head", "checked", "drifted", "missing", "extra"),
-                [
-                    (c.projection, c.position, c.head, c.checked, c.drifted, c.missing, c.extra)
-                    for c in r.projections
-                ],
+                VERIFY_COLUMNS,
+                [tuple(getattr(c, column) for column in VERIFY_COLUMNS) for c in r.projections],
             )
         )
         for d in r.details:
