@@ -66,6 +66,18 @@ class ProjectionFailed(ReadModelError):
         super().__init__(f"projection {projection} failed after notification {position}: {why}")
 
 
+class RebuildInProgress(ReadModelError):
+    """Another process (or thread) is rebuilding the projection: one rebuild of a projection
+    runs at a time, as a second would drop the first's shadow tables. Nothing was changed."""
+
+    def __init__(self, projection: str, holder: str) -> None:
+        self.projection = projection
+        super().__init__(
+            f"a rebuild of {projection} is already running ({holder}); "
+            "run it again once that one has finished"
+        )
+
+
 class UnsupportedStore(SequentError):
     def __init__(self, kind: str) -> None:
         super().__init__(f"read models need a SQLite, PostgreSQL or memory store, not {kind}")

@@ -18,17 +18,24 @@ Rebuild writes into shadow tables (``<table>__rebuild``, tracking
 ``Sequent.<projection>#rebuild``) while the live ones keep serving and following; ``swap``
 then, in one transaction holding both tracking locks, brings the shadow (and, for the checksum
 comparison, the live projection) up to the head, drops the live tables, renames the shadow
-ones in and moves the live tracking row.
+ones in and moves the live tracking row. One rebuild of a projection runs at a time, across
+processes (``rebuild_lock``): on PostgreSQL a session advisory lock keyed by schema and
+projection, on SQLite — which has none, and whose only lock held for long would stop every
+writer — a lease row in ``projection_rebuilds``, renewed between batches. A second rebuild
+fails at once with RebuildInProgress rather than dropping the first one's shadow tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -48,7 +55,7 @@ from psycopg.sql import SQL
 from domain.log import UNREADABLE, Notice
 from domain.service import CurationService
 from domain.store_url import first_line
-from projections.errors import UnsupportedStore
+from projections.errors import RebuildInProgress, UnsupportedStore
 from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import INT, Table
 
@@ -56,6 +63,7 @@ SHADOW_SUFFIX = "__rebuild"
 LOOKUP_CHUNK = 500  # keys per IN (...) query
 CHECKSUM_PAGE = 5000  # rows per keyset page while hashing
 SKIPPED_ERROR_CHARS = 300  # of the error recorded for a skipped event
+REBUILD_LEASE_SECONDS = 60.0  # SQLite: a rebuild that stops renewing its lease loses it after
 
 # What a driver raises from inside a transaction (the datastores translate on the way out).
 DB_ERRORS: tuple[type[Exception], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -97,6 +105,9 @@ class Swapped:
 
 Fetch = Callable[[int, int], Iterator[list[Notice]]]
 """Batches of a projection's notifications in (after, upto]."""
+KeepLock = Callable[[], None]
+"""Called by a rebuild between batches: renews its lock where that is a lease, and raises
+RebuildInProgress if the lock was lost."""
 
 
 def shadow_name(table: Table) -> str:
@@ -496,6 +507,11 @@ class ReadModels(ABC):
             self._delete_position(c, shadow_key)
         return Swapped(events, target, live, checksum_live, checksum_rebuilt, rows, live_error)
 
+    @abstractmethod
+    def rebuild_lock(self, projection: Projection) -> AbstractContextManager[KeepLock]:
+        """Held for the whole of a rebuild of ``projection`` by one rebuild at a time, across
+        processes; RebuildInProgress at once if another holds it."""
+
     # -- corruption, for tests and operators ------------------------------------------------
 
     def force_position(self, projection: Projection, position: int) -> None:
@@ -529,7 +545,54 @@ class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
         return [
             *super().construct_create_table_statements(),
             *self._projection_ddl(self.projections),
+            "CREATE TABLE IF NOT EXISTS projection_rebuilds (projection TEXT PRIMARY KEY, "
+            "holder TEXT NOT NULL, expires REAL NOT NULL)",
         ]
+
+    @contextmanager
+    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
+        key = self.tracking_key(projection)
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, {uuid4().hex[:8]}"
+        self._lease(projection, key, holder, take=True)
+        try:
+            yield lambda: self._lease(projection, key, holder, take=False)
+        finally:
+            with suppress(*DB_ERRORS), self._transaction(write=True) as c:
+                c.execute(
+                    "DELETE FROM projection_rebuilds WHERE projection = ? AND holder = ?",
+                    (key, holder),
+                )
+
+    def _lease(self, projection: Projection, key: str, holder: str, *, take: bool) -> None:
+        """Takes (``take``: if free or expired) or renews the lease; the first statement is a
+        write, so the check and the change are one step under SQLite's write lock."""
+        now = time.time()
+        expires = now + REBUILD_LEASE_SECONDS
+        with self._transaction(write=True) as c:
+            if take:
+                c.execute(
+                    "INSERT INTO projection_rebuilds (projection, holder, expires) "
+                    "VALUES (?, ?, ?) ON CONFLICT (projection) DO UPDATE SET "
+                    "holder = excluded.holder, expires = excluded.expires "
+                    "WHERE projection_rebuilds.expires < ?",
+                    (key, holder, expires, now),
+                )
+            else:
+                c.execute(
+                    "UPDATE projection_rebuilds SET expires = ? "
+                    "WHERE projection = ? AND holder = ?",
+                    (expires, key, holder),
+                )
+            c.execute(
+                "SELECT holder, expires FROM projection_rebuilds WHERE projection = ?", (key,)
+            )
+            rows = self._fetchall(c)
+        if not rows:
+            raise RebuildInProgress(projection.name, "this rebuild's lease was taken away")
+        found, until = rows[0]
+        if found != holder:
+            left = max(float(until) - now, 0.0)
+            raise RebuildInProgress(projection.name, f"{found}, lease for {left:.0f} s more")
 
     @contextmanager
     def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
@@ -608,6 +671,23 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
 
     def _qualified(self, name: str) -> str:
         return f'"{self.datastore.schema}"."{name}"'
+
+    @contextmanager
+    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
+        # A session lock on a connection of its own, held until released or the session
+        # ends: a rebuild that dies lets go of it with its connection.
+        key = f"{self.datastore.schema}.{self.tracking_key(projection)}"
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS taken", (key,)
+            ).fetchone()
+            if row is None or not row["taken"]:
+                raise RebuildInProgress(projection.name, "another session holds its lock")
+            try:
+                yield lambda: None
+            finally:
+                with suppress(*DB_ERRORS):
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
     def _tracking_table(self) -> str:
         return self._qualified(self.tracking_table_name)
