@@ -57,6 +57,7 @@ STATE_AFTER: Mapping[str, JobState] = {topic: t.target for topic, t in JOB_TRANS
 JOB_TOPICS = tuple(STATE_AFTER)
 JOB_CREATED = job_topic("Create")
 JOB_RETRIED = job_topic("Retry")
+JOB_FAILED = job_topic("Fail")
 JOB_SESSION_SPAWNED = job_topic("SessionSpawned")
 JOB_STARTS_INVOCATION = frozenset(
     f"{JOB}.{t.event}" for t in TRANSITIONS.values() if t.starts_invocation

@@ -73,13 +73,13 @@ from domain import (
 )
 from domain.log import (
     JOB_CREATED,
+    JOB_FAILED,
     JOB_RETRIED,
     JOB_SESSION_SPAWNED,
     JOB_STARTS_INVOCATION,
     JOB_TOPICS,
     STATE_AFTER,
     UNREADABLE,
-    job_topic,
 )
 from domain.store_errors import store_call
 from domain.store_url import first_line
@@ -101,7 +101,6 @@ from projections.timeline_records import (
 READ_MODELS = (DecisionsProjection.name, DispatchAuditProjection.name)
 # The job events that set a field of JobStateAt besides the state (which every job event sets,
 # by the table), as the aggregate's @event bodies do: the only ones state_at decodes.
-JOB_FAILED = job_topic("Fail")
 _SETS_FIELDS = frozenset(
     {JOB_CREATED, JOB_RETRIED, JOB_SESSION_SPAWNED, JOB_FAILED, *JOB_STARTS_INVOCATION}
 )
@@ -178,7 +177,7 @@ class Timeline:
         # problem: Submitted and Started are saved together). check_invariants reports them.
         self.missing_invocations = tuple(missing_invocations)
         self.version = events.version(len(events) - 1)  # without decoding it
-        self._setting = [i for i in range(len(events)) if events.topic(i) in _SETS_FIELDS]
+        self._setting_fields = [i for i in range(len(events)) if events.topic(i) in _SETS_FIELDS]
         self.current = self._read_state(self.version)
 
     @classmethod
@@ -237,18 +236,20 @@ class Timeline:
         events = self.events
         attempt, session_id, current_invocation = 1, None, None
         failure: dict[str, Any] | None = None
-        for index in self._setting:
+        for index in self._setting_fields:
             if index >= version:
                 break
             topic, data = events.topic(index), events[index].data
+            # .get: an event written by hand may lack a field; the audit shows what is there
+            # (and check_invariants says what is wrong) rather than stop.
             if topic == JOB_RETRIED:
-                attempt, failure = data["attempt"], None
+                attempt, failure = data.get("attempt", attempt + 1), None
             elif topic == JOB_SESSION_SPAWNED:
-                session_id = data["session_id"]
+                session_id = data.get("session_id")
             elif topic == JOB_FAILED:
                 failure = {key: data.get(key) for key in _FAILURE_KEYS}
             elif topic in JOB_STARTS_INVOCATION:
-                current_invocation = data["invocation_id"]
+                current_invocation = data.get("invocation_id")
         return JobStateAt(
             job_id=self.job_id,
             version=version,

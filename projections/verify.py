@@ -75,8 +75,9 @@ SNAPSHOTS = "snapshots"  # snapshot: key "<job id>@<version>"
 @dataclass(frozen=True)
 class Discrepancy:
     projection: str  # a read model, or EVENTS / SNAPSHOTS
-    kind: str  # missing | extra | drifted | tracking | skipped (a read model's) or
-    # invalid_transition | undecodable | snapshot (the store's)
+    # A read model's: missing | extra | drifted | tracking | skipped;
+    # the store's: invalid_transition | undecodable | snapshot.
+    kind: str
     key: str
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> expected, actual
     message: str = ""
