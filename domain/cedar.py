@@ -28,6 +28,7 @@ import cedarpy
 
 from domain.errors import InvalidPolicy, MalformedURL
 from domain.invocation import DEFAULT_INTEGRATION
+from domain.values import check_json
 
 # -- the model --------------------------------------------------------------------------------
 
@@ -264,11 +265,13 @@ def without_text(error: str, text: str) -> str:
 
 def check_policy_text(text: object, schema: cedarpy.Schema) -> str:
     """Returns ``text`` if it is one or more static Cedar policies valid against ``schema``;
-    raises InvalidPolicy with Cedar's errors (``validation_errors``) otherwise."""
+    raises InvalidPolicy with Cedar's errors (``validation_errors``) otherwise, and
+    InvalidParams (as for any text sequent stores) if it holds characters no store can hold."""
     if not isinstance(text, str):
         raise InvalidPolicy(f"expected the policy as text, got {type(text).__name__}")
     if len(text) > MAX_POLICY_CHARS:
         raise InvalidPolicy(f"{len(text)} characters is over the limit of {MAX_POLICY_CHARS}")
+    check_json("policy", "text", text)  # NUL or a lone surrogate: no store could hold it
     errors = validation_errors(text, schema)
     if errors:
         raise InvalidPolicy("Cedar refused it", tuple(errors))

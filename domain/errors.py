@@ -110,9 +110,22 @@ class StoreURLError(SequentError):
 
 
 class StoreUnavailable(SequentError):
+    """The store could not be reached or failed mid-call; this call wrote nothing."""
+
+    condition = "is unavailable"
+
     def __init__(self, url: str, why: str) -> None:
         self.url = url
-        super().__init__(f"store {url!r} is unavailable: {why}")
+        self.why = why
+        super().__init__(f"store {url!r} {self.condition}: {why}")
+
+
+class StoreBusy(StoreUnavailable):
+    """Another client held a lock this call needed past the store's lock timeout (or a
+    statement ran past the statement timeout). Retryable: the call wrote nothing, and the same
+    command may succeed once the other client lets go."""
+
+    condition = "is busy (another client holds a lock; nothing was written, retry later)"
 
 
 class MalformedURL(SequentError):

@@ -77,6 +77,7 @@ from domain.log import (
     log_reader,
 )
 from domain.store_errors import retrying, store_call
+from domain.values import check_json
 from domain.views import DecisionView, HistoryEntry, PolicySnapshot, PolicyView
 
 T = TypeVar("T")
@@ -96,19 +97,41 @@ def _text(command: str, name: str, value: object, *, required: bool, limit: int 
     if not isinstance(value, str) or (required and not value.strip()) or len(value) > limit:
         need = "a non-empty string" if required else "a string"
         raise InvalidParams(command, [f"{name} must be {need} of at most {limit} characters"])
+    check_json(command, name, value)
     return value
 
 
-def _request(command: str, integration: str, action: str, endpoint: str) -> Request:
-    """The Cedar uids of a request named by plain ids; InvalidParams if one cannot be one."""
+def _decision_fields(
+    command: str,
+    ids: tuple[str, str, str],
+    *,
+    job_id: str,
+    invocation_id: str,
+    module_sha256: str,
+    context: Mapping[str, Any],
+    reason: str,
+) -> dict[str, Any]:
+    """A Decision's ``Requested`` fields for the request named by plain ids (integration,
+    action, endpoint), as Cedar uids; InvalidParams if any cannot be stored."""
+    integration, action, endpoint = ids
     try:
-        return (
-            entity_uid(PRINCIPAL_TYPE, integration),
-            entity_uid(ACTION_TYPE, action),
-            entity_uid(RESOURCE_TYPE, endpoint),
-        )
+        principal = entity_uid(PRINCIPAL_TYPE, integration)
+        action_uid = entity_uid(ACTION_TYPE, action)
+        resource = entity_uid(RESOURCE_TYPE, endpoint)
     except (TypeError, ValueError) as exc:
         raise InvalidParams(command, [str(exc)]) from None
+    fields: dict[str, Any] = {
+        "principal": principal,
+        "action": action_uid,
+        "resource": resource,
+        "job_id": str(job_id),
+        "invocation_id": str(invocation_id),
+        "module_sha256": module_sha256,
+        "context": dict(context),
+        "reason": reason,
+    }
+    check_json(command, "params", fields)
+    return fields
 
 
 def _request_of(decision: Any) -> Request:
@@ -253,14 +276,16 @@ class PolicyBook:
         (a denial in a run goes through ``record_denial``). ``integration``, ``action`` and
         ``endpoint`` are plain ids; the Decision stores them as the Cedar uids the authorizer
         asked about (``Integration::"…"``, ``Action::"…"``, ``HttpEndpoint::"…"``)."""
-        decision = Decision(
-            *_request("request_decision", integration, action, endpoint),
-            job_id=str(job_id),
-            invocation_id=str(invocation_id),
+        fields = _decision_fields(
+            "request_decision",
+            (integration, action, endpoint),
+            job_id=job_id,
+            invocation_id=invocation_id,
             module_sha256=module_sha256,
-            context=dict(context or {}),
+            context=context or {},
             reason=reason,
         )
+        decision = Decision(**fields)
         with self._store_call():
             self._app.save(decision)
         return decision.id
@@ -281,7 +306,16 @@ class PolicyBook:
         same principal, action and resource (the denied job fails with its id), else a new
         one saying why (``forbidden_by``: the forbid policies that matched; none: no permit
         did). Race-safe across writers: see the module docstring."""
-        request = _request("record_denial", integration, HTTP_CALL, endpoint)
+        fields = _decision_fields(
+            "record_denial",
+            (integration, HTTP_CALL, endpoint),
+            job_id=job_id,
+            invocation_id=invocation_id,
+            module_sha256=module_sha256,
+            context=context,
+            reason=reason,
+        )
+        request: Request = (fields["principal"], fields["action"], fields["resource"])
 
         def once() -> UUID:
             with self._caught_up():
@@ -290,12 +324,7 @@ class PolicyBook:
                     return pending[0]
                 after = self._last_settled.get(request)
             decision = Decision(
-                *request,
-                job_id=str(job_id),
-                invocation_id=str(invocation_id),
-                module_sha256=module_sha256,
-                context=dict(context),
-                reason=reason,
+                **fields,
                 denial=Denial.FORBIDDEN if forbidden_by else Denial.NOT_PERMITTED,
                 forbidden_by=list(forbidden_by),
                 id=uuid5(DECISION_IDS, json.dumps([*request, str(after or "")])),

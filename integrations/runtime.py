@@ -32,10 +32,11 @@ import json
 import logging
 import math
 import os
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -58,6 +59,7 @@ from wasmtime import (
 )
 
 from domain.errors import SequentError
+from domain.values import json_problems
 from integrations.host import (
     GuestAbiError,
     HostCalls,
@@ -138,7 +140,8 @@ PRECEDENCE: Final[tuple[ErrorKind, ...]] = (
 
 
 class ModuleRejected(SequentError):
-    """The bytes cannot be a module. ``reason``: too_large, not_wasm, invalid or unreadable."""
+    """The bytes cannot be a module. ``reason``: too_large, not_wasm, invalid, unreadable or
+    not_a_file. The message never quotes the bytes: a module path may name any file."""
 
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
@@ -280,6 +283,14 @@ class Runtime:
                     self._modules[sha] = cached
         return cached
 
+    def load_file(self, path: Path) -> LoadedModule:
+        """Compile (or fetch) the module in a file; raises ModuleRejected naming the path."""
+        source = read_module(path, self.limits.module_bytes)
+        try:
+            return self.load(source)
+        except ModuleRejected as rejected:
+            raise ModuleRejected(rejected.reason, f"{path}: {rejected.detail}") from None
+
     def cached(self, sha256: str) -> LoadedModule | None:
         with self._lock:
             return self._modules.get(sha256)
@@ -370,29 +381,60 @@ class Runtime:
         return store
 
 
+def read_module(path: Path, max_bytes: int) -> bytes:
+    """A module file's bytes. Only a regular file is read: a directory, device, FIFO or socket
+    is refused from its ``stat`` before it is opened (reading /dev/zero never ends, opening a
+    FIFO blocks), and checked again on the opened descriptor in case the path changed in
+    between. At most ``max_bytes + 1`` bytes are read, so a file that grew is refused too."""
+    try:
+        _check_module_file(path, path.stat(), max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as file:
+            _check_module_file(path, os.fstat(file.fileno()), max_bytes)
+            data = file.read(max_bytes + 1)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ModuleRejected("unreadable", f"{path}: {why}") from None
+    if len(data) > max_bytes:
+        raise ModuleRejected("too_large", f"{path}: more than {max_bytes} bytes")
+    return data
+
+
+# stat file type -> what to call it when refusing it
+NOT_FILES: Final[tuple[tuple[Callable[[int], bool], str], ...]] = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_module_file(path: Path, info: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in NOT_FILES if test(info.st_mode)), "not a file")
+        raise ModuleRejected("not_a_file", f"{path} is {kind}, not a regular file")
+    if info.st_size > max_bytes:
+        raise ModuleRejected("too_large", f"{path}: {info.st_size} bytes exceeds {max_bytes}")
+
+
 def to_wasm(source: bytes | bytearray | str, max_bytes: int) -> bytes:
-    """The wasm binary for ``source`` (binary or WAT), after the size check."""
+    """The wasm binary for ``source`` (binary or WAT), after the size check. A source that is
+    neither is described by its size alone: wat2wasm's error would quote it, and it may be any
+    file someone pointed a module path at."""
     if len(source) > max_bytes:
         raise ModuleRejected("too_large", f"{len(source)} bytes exceeds the {max_bytes}-byte limit")
     if isinstance(source, bytes | bytearray) and bytes(source[:4]) == WASM_MAGIC:
         return bytes(source)
-    text = _as_text(source)
+    not_wasm = ModuleRejected("not_wasm", f"{len(source)} bytes, not a wasm module or WAT text")
     try:
+        text = source if isinstance(source, str) else bytes(source).decode("utf-8")
         wasm = bytes(wat2wasm(text))
-    except WasmtimeError as exc:
-        raise ModuleRejected("not_wasm", f"neither wasm nor WAT: {_first_line(str(exc))}") from None
+    except (UnicodeDecodeError, WasmtimeError):
+        raise not_wasm from None
     if len(wasm) > max_bytes:
         raise ModuleRejected("too_large", f"{len(wasm)} bytes exceeds the {max_bytes}-byte limit")
     return wasm
-
-
-def _as_text(source: bytes | bytearray | str) -> str:
-    if isinstance(source, str):
-        return source
-    try:
-        return bytes(source).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModuleRejected("not_wasm", "no wasm magic number and not WAT text") from None
 
 
 def abi_problem(exports: list[ExportType]) -> str | None:
@@ -535,6 +577,11 @@ def _judge_output(
     memory: Memory, store: Store, packed: int, limits: SandboxLimits, session: HostSession
 ) -> _Verdict:
     value = _read_output(memory, store, packed, limits)
+    # Whatever the guest says becomes event data (its ok object a completion's params, its
+    # error message a Fail message): held to the same rules as any user JSON.
+    problems = json_problems(value, "output")
+    if problems:
+        raise _BadOutput(problems[0])
     if not isinstance(value, dict) or len(value) != 1:
         raise _BadOutput(_SHAPE)
     if isinstance(value.get("ok"), dict):

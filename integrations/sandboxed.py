@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from domain import Dispatch
+from domain.values import escape_unstorable
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
 from integrations.host import guest_error
@@ -37,6 +38,7 @@ class AuthorizedHost:
         module_sha256: str,
         job_id: str,
         invocation_id: str,
+        attempt: int = 1,
     ) -> None:
         self.authorizer = authorizer
         self.client = client
@@ -44,6 +46,7 @@ class AuthorizedHost:
         self.module_sha256 = module_sha256
         self.job_id = job_id
         self.invocation_id = invocation_id
+        self.attempt = attempt
         self.denial: str | None = None  # why the last denied call was denied, in Cedar's terms
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +57,15 @@ class AuthorizedHost:
         if not decision.allowed:
             self.denial = decision.reason
             return guest_error("denied", decision.reason, decision.decision_id)
-        headers = request.get("headers") or {}
+        # The guest's own Host, fencing and hop-by-hop headers were dropped when its request was
+        # read (host.guest_headers); httpx sets Host from the URL Cedar checked. The key is the
+        # fencing token the session service honours: every run of this invocation (a retry, a
+        # lease taken over) gets the one session the first created, never a second.
+        headers = {
+            **(request.get("headers") or {}),
+            "Idempotency-Key": self.invocation_id,
+            "Sequent-Attempt": str(self.attempt),
+        }
         try:
             return self.client.request(method, url, headers, request.get("body"))
         except SessionServiceError as exc:
@@ -82,7 +93,11 @@ def outcome_of(result: RunResult, denial: str | None = None) -> RunOutcome:
         message = str(output.get("message", ""))
     else:
         message = result.message
-    return RunOutcome(error_kind=kind, message=message, decision_id=result.decision_id)
+    # The host's own words may quote what no store can hold (a trap names the guest's
+    # functions); they are recorded with it escaped, never refused.
+    return RunOutcome(
+        error_kind=kind, message=escape_unstorable(message), decision_id=result.decision_id
+    )
 
 
 class SandboxRunner:
@@ -109,7 +124,7 @@ class SandboxRunner:
     def module_sha256(self) -> str:
         return self.module.sha256
 
-    def host_for(self, job_id: str, invocation_id: str) -> AuthorizedHost:
+    def host_for(self, job_id: str, invocation_id: str, attempt: int = 1) -> AuthorizedHost:
         return AuthorizedHost(
             self.authorizer,
             self.client,
@@ -117,10 +132,11 @@ class SandboxRunner:
             module_sha256=self.module_sha256,
             job_id=job_id,
             invocation_id=invocation_id,
+            attempt=attempt,
         )
 
     def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
-        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id))
+        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id), dispatch.attempt)
         result = self.runtime.run(self.module, job_input, host, self.limits)
         return outcome_of(result, host.denial)
 

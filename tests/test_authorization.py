@@ -13,7 +13,7 @@ from uuid import UUID, uuid4
 import pytest
 
 import integrations.authorizer as authorizer_module
-from domain import CurationService, InvalidParams, MalformedId
+from domain import CurationService, InvalidParams, MalformedId, cedar
 from domain.authorization import Decision, DecisionStatus, Denial, Policy
 from domain.cedar import default_policies as default_policy_text
 from domain.cedar import endpoint_of, permit_text, scoped_permit
@@ -30,7 +30,7 @@ from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from projections import Projections
 from projections.errors import UnknownFilter
 from projections.schema import DecisionRow
-from tests.conftest import event_count
+from tests.support.fakes import event_count
 
 SERVICE = "http://127.0.0.1:8123"
 SESSIONS = "http://127.0.0.1:8123/sessions"
@@ -661,7 +661,7 @@ def test_a_malformed_method_or_integration_is_denied(
 def parses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts real Cedar policy-set parses."""
     count: list[int] = []
-    real = authorizer_module.parse_policy_set
+    real = cedar.parse_policy_set
 
     def counting(static_policies: dict[str, Any]) -> Any:
         count.append(len(static_policies))

@@ -12,7 +12,7 @@ import pytest
 from domain import CurationService
 from integrations.authorizer import CedarAuthorizer
 from scripts import cli
-from tests.conftest import event_count
+from tests.support.fakes import event_count
 
 URL = "http://127.0.0.1:8123/sessions"
 

@@ -7,10 +7,8 @@ these tests put a second writer exactly between a completion's read and its save
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from uuid import UUID
 
 import pytest
 
@@ -22,27 +20,8 @@ from domain import (
     DiscardReason,
     JobState,
 )
-from domain.job import CurationJob
 from domain.store_errors import BACKOFF, MAX_CONFLICT_RETRIES, Backoff
-
-
-class InterleavingService(CurationService):
-    """A CurationService whose next job load runs ``interleave`` once, in this thread."""
-
-    interleave: Callable[[], None] | None = None
-
-    def _job(self, job_id: UUID) -> CurationJob:
-        job = super()._job(job_id)
-        hook, self.interleave = self.interleave, None
-        if hook is not None:
-            hook()
-        return job
-
-
-def open_interleaving(url: str) -> InterleavingService:
-    service = InterleavingService.open(url)
-    assert isinstance(service, InterleavingService)
-    return service
+from tests.support.fakes import open_interleaving
 
 
 def test_two_threads_completing_one_dispatch_apply_exactly_once(shared_store_url: str) -> None:

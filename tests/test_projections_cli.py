@@ -22,8 +22,8 @@ from domain import CurationService
 from projections.progress import progress_bar
 from projections.runner import Projections
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
-from tests.conftest import Cli
-from tests.test_projections_fold import Workload, completions, fold_history
+from tests.support.cli import Cli
+from tests.support.oracle import Workload, completions, fold_history
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENT = str(Path(sys.executable).parent / "sequent")
