@@ -84,7 +84,7 @@ def build_system(settings: Settings | None = None) -> System:
     settings = settings or Settings.from_env()
     runtime = Runtime(settings.limits, cache_dir=settings.module_cache_dir)
     path = settings.module or build_session_message_wasm(settings.modules_dir)
-    loaded = runtime.load(path.read_bytes())
+    loaded = runtime.load_file(path)
     service = open_service(settings)
     return System(
         settings=settings,

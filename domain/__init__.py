@@ -5,7 +5,8 @@
 job's snapshot checked against its events before use), the policy book with
 its Policy and Decision aggregates, Cedar's one home (``cedar.py``: schema, entity uids,
 endpoints, permits, policy-text checks), the log's topics and its one reader (``log.py``), the
-typed errors (``errors.py``) and the read-only views (``views.py``).
+typed errors (``errors.py``), the one validator of user JSON (``values.py``) and the read-only
+views (``views.py``).
 
 May import no other package of sequent: only the standard library, eventsourcing, the
 PostgreSQL driver it stores through (psycopg, psycopg_pool) and cedarpy (in ``cedar.py`` only).

@@ -37,7 +37,7 @@ from psycopg.rows import tuple_row
 
 from domain.job import CurationJob
 from domain.log import STATE_AFTER, UNREADABLE
-from domain.store_url import first_line
+from domain.store_errors import first_line
 
 log = logging.getLogger(__name__)
 log.addHandler(logging.NullHandler())

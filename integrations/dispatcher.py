@@ -276,11 +276,15 @@ class Dispatcher:
         self, dispatch: Dispatch, params: Mapping[str, Any], service_url: object
     ) -> None:
         """A discarded SessionSpawned may have left a real session behind: stop it where the
-        job said its sessions live, and record that on the invocation (invariant 4)."""
+        job said its sessions live, and record that on the invocation (invariant 4). Never the
+        session the job holds: with fenced calls a rerun of the run that spawned it is answered
+        with that same session, and its (duplicate) completion must not stop a healthy job's."""
         session_id = params.get("session_id")
         if self.sessions is None or not isinstance(session_id, str):
             return
         if not isinstance(service_url, str):
+            return
+        if self.service.get(dispatch.job_id).session_id == session_id:
             return
         if self.sessions.stop(service_url, session_id):
             self.service.compensate(dispatch.invocation_id, session_id)

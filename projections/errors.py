@@ -17,8 +17,7 @@ from eventsourcing.persistence import (
 )
 
 from domain.errors import SequentError
-from domain.store_errors import store_call
-from domain.store_url import first_line
+from domain.store_errors import first_line, store_call
 
 # What a batch or a query can fail with that is about the data or the statement, not the
 # connection: the read models' tables refused it.

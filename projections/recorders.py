@@ -54,7 +54,7 @@ from psycopg.sql import SQL
 
 from domain.log import UNREADABLE, Notice
 from domain.service import CurationService
-from domain.store_url import first_line
+from domain.store_errors import first_line
 from projections.errors import RebuildInProgress, UnsupportedStore
 from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import INT, Table

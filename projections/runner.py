@@ -35,7 +35,7 @@ from eventsourcing.persistence import ApplicationRecorder, Notification, Subscri
 
 from domain.log import Notice, log_reader, notices
 from domain.service import CurationService
-from domain.store_url import first_line
+from domain.store_errors import first_line
 from domain.transitions import JobState
 from projections.catalog import PROJECTION_NAMES, PROJECTIONS, projection_named, selected, topics_of
 from projections.decisions import DECISION_STATUSES

@@ -81,8 +81,7 @@ from domain.log import (
     STATE_AFTER,
     UNREADABLE,
 )
-from domain.store_errors import store_call
-from domain.store_url import first_line
+from domain.store_errors import first_line, store_call
 from projections.decisions import DecisionsProjection
 from projections.dispatch_audit import DispatchAuditProjection
 from projections.errors import ExportFailed, UnreadableEvent, VersionOutOfRange

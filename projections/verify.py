@@ -52,7 +52,7 @@ from domain.log import (
     invalid_step,
 )
 from domain.snapshots import check_snapshots
-from domain.store_url import first_line
+from domain.store_errors import first_line
 from projections.catalog import PROJECTIONS
 from projections.errors import ProjectionFailed
 from projections.projection import Projection

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from projections import check_invariants
-from tests.conftest import Cli
+from tests.support.cli import Cli
 
 
 @pytest.fixture(autouse=True)

@@ -17,15 +17,9 @@ from domain.cedar import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
 from integrations.limits import SandboxLimits
 from integrations.session_service import SessionService
-from tests.conftest import FixedRunner
+from tests.support.fakes import FixedRunner
 
 MODULES = Path(__file__).parent / "modules"
-
-
-@pytest.fixture
-def sessions() -> Iterator[SessionService]:
-    with SessionService(seed=1) as service:
-        yield service
 
 
 @pytest.fixture
@@ -59,6 +53,7 @@ def test_a_permitted_run_spawns_a_session_and_applies(
     job = system.service.get(dispatch.job_id)
     assert job.state == JobState.RUNNING
     assert list(sessions.sessions) == [job.session_id]
+    assert job.session_id is not None
     message = sessions.sessions[job.session_id].message
     assert (message["job_id"], message["invocation_id"]) == (
         str(dispatch.job_id),

@@ -23,7 +23,7 @@ from domain.guard import Apply
 from scripts import cli
 from scripts.cli import demo
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
-from tests.conftest import event_count
+from tests.support.fakes import event_count
 
 FACTS = {
     "retry_completion_applied",

@@ -184,3 +184,16 @@ def test_no_module_is_part_of_an_import_cycle() -> None:
 @pytest.mark.parametrize("module", sorted(m for m in modules() if not m.endswith("__main__")))
 def test_every_module_imports(module: str) -> None:
     importlib.import_module(module)
+
+
+def test_no_test_module_imports_conftest_or_another_test_module() -> None:
+    """Shared helpers live in tests/support; fixtures in conftest, which pytest loads itself."""
+    crossing = [
+        f"{path.name}:{node.lineno} imports {node.module}"
+        for path in sorted((ROOT / "tests").glob("test_*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and (node.module.startswith("tests.test_") or node.module == "tests.conftest")
+    ]
+    assert crossing == []

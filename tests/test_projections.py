@@ -1,7 +1,7 @@
 """Read models: parity with an independent fold of the history after random workloads,
 exactly-once application, rebuild (while writers run), verify, lag, and live following.
 
-Every check compares the read models with ``fold_history`` (tests/test_projections_fold.py),
+Every check compares the read models with ``fold_history`` (tests/support/oracle.py),
 which shares no code with ``projections/``.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError
@@ -22,7 +21,15 @@ from projections.catalog import PROJECTION_NAMES
 from projections.errors import ProjectionFailed, UnknownFilter, UnknownProjection
 from projections.recorders import PositionMoved
 from projections.runner import Projections
-from tests.test_projections_fold import OPS, Workload, completions, fold_history, random_workload
+from tests.support.oracle import (
+    OPS,
+    Workload,
+    assert_parity,
+    completions,
+    fold_history,
+    random_workload,
+    stored,
+)
 
 
 @pytest.fixture
@@ -37,21 +44,6 @@ def shared_service(shared_store_url: str) -> Iterator[CurationService]:
     svc = CurationService.open(shared_store_url)
     yield svc
     svc.close()
-
-
-def stored(p: Projections, name: str) -> dict[str, tuple[Any, ...]]:
-    view = p.projection(name)
-    at = view.table.index_of(view.table.key)
-    return {str(row[at]): tuple(row) for row in p.store.snapshot(view).rows}
-
-
-def assert_parity(p: Projections) -> None:
-    """Every read model equals the fold; dispatch_audit has one row per completion."""
-    folded = fold_history(p.service)
-    for name in PROJECTION_NAMES:
-        assert stored(p, name) == folded[name], name
-    audit = stored(p, "dispatch_audit")
-    assert sorted(int(k) for k in audit) == completions(p.service)
 
 
 # -- parity after random workloads -----------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,11 +21,8 @@ from domain import CurationService
 from projections.progress import progress_bar
 from projections.runner import Projections
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
-from tests.conftest import Cli
-from tests.test_projections_fold import Workload, completions, fold_history
-
-ROOT = Path(__file__).resolve().parent.parent
-SEQUENT = str(Path(sys.executable).parent / "sequent")
+from tests.support.cli import ROOT, SEQUENT, Cli
+from tests.support.oracle import Workload, completions, fold_history
 
 
 @pytest.fixture

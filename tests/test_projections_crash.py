@@ -16,8 +16,7 @@ import pytest
 from domain import CurationService
 from projections.catalog import PROJECTION_NAMES
 from projections.runner import Projections
-from tests.test_projections import assert_parity, stored
-from tests.test_projections_fold import Workload, fold_history, random_workload
+from tests.support.oracle import Workload, assert_parity, fold_history, random_workload, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 

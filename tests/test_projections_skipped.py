@@ -17,10 +17,9 @@ from uuid import UUID
 from domain import CurationService
 from domain.log import FINISHED, JOB_RETRIED
 from projections.runner import Projections
-from tests.conftest import Cli
-from tests.store_sql import insert_event
-from tests.test_projections_cli import ROOT, SEQUENT
-from tests.test_projections_fold import Workload
+from tests.support.cli import ROOT, SEQUENT, Cli
+from tests.support.oracle import Workload
+from tests.support.store_sql import insert_event
 
 GARBAGE = b"\xff\xfe not the transcoder's JSON"
 # Decodes (the transcoder's JSON with a timestamp) but lacks every field a Finished has.
@@ -83,8 +82,7 @@ def test_the_runner_records_an_event_it_cannot_fold_and_keeps_following(
     assert ("job_status", "skipped", str(undecodable)) in kinds
     assert ("dispatch_audit", "skipped", str(unexpected)) in kinds
     assert ("events", "undecodable", f"{job_id}@2") in kinds
-    status = sequent("status", "--db", shared_store_url)
-    assert "skipped" in status.out
+    assert "skipped" in sequent("status", "--db", shared_store_url).out
     audit = sequent("audit", str(job_id), "--db", shared_store_url)
     assert f"job {job_id}: event 2 cannot be read" in audit.error_line()
 

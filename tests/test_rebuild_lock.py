@@ -16,8 +16,8 @@ from projections.errors import RebuildInProgress
 from projections.rebuild import RebuildReport
 from projections.runner import Projections
 from scripts.cli.output import EXIT_FAILED
-from tests.test_projections_cli import ROOT, SEQUENT
-from tests.test_projections_fold import Workload
+from tests.support.cli import ROOT, SEQUENT
+from tests.support.oracle import Workload
 
 WAIT = 60  # seconds, an upper bound only
 

@@ -18,8 +18,9 @@ from domain.job import CurationJob
 from domain.service import SNAPSHOT_INTERVAL
 from projections import check_invariants
 from scripts.cli.output import EXIT_FAILED
-from tests.conftest import Cli, event_count
-from tests.store_sql import store_sql
+from tests.support.cli import Cli
+from tests.support.fakes import event_count
+from tests.support.store_sql import store_sql
 
 
 @pytest.fixture

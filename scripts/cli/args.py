@@ -5,11 +5,12 @@ error (exit 2) naming what was expected, never a traceback."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable
 from typing import Any
 
+from domain.errors import InvalidParams
+from domain.values import parse_json_argument
 from scripts.cli.output import OneLineParser
 
 Args = argparse.Namespace
@@ -30,11 +31,12 @@ def add_command(
 
 
 def json_value(text: str) -> Any:
-    """A JSON argument (``--spec``, ``--params``, ``--input``...)."""
+    """A JSON argument (``--spec``, ``--params``, ``--input``...), parsed by the domain's rules
+    so that what the store could not hold (and 100,000 nested brackets) is refused here."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"invalid JSON ({exc})") from None
+        return parse_json_argument(text, "the argument")
+    except InvalidParams as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:

@@ -31,6 +31,7 @@ from domain import (
     StoreURLError,
     UnknownAction,
 )
+from integrations.module_files import ModuleRejected
 from projections.timeline_records import plain
 
 EXIT_OK = 0
@@ -56,6 +57,7 @@ BAD_INPUT: tuple[type[SequentError], ...] = (
     ActionNotAllowedHere,
     StoreURLError,
     InvalidDispatch,
+    ModuleRejected,  # the module file a user named
 )
 
 # The table's aggregate-name styles: what a reader of a timeline should see first.
