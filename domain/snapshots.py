@@ -13,7 +13,7 @@ trusts one blindly:
   the state alone, so a corrupted snapshot can never make a command record a transition the
   table forbids; it costs no query and no decode the library's load does not.
 * What that check cannot see — an attempt, session or progress changed while the state still
-  agrees with the event — ``snapshot_problems`` finds: it folds every snapshotted job and
+  agrees with the event — ``check_snapshots`` finds: it folds every snapshotted job and
   compares each of its snapshots with the fold at that version (``sequent verify``: drift
   ``snapshot``). The audit reads no snapshots at all.
 
