@@ -2,9 +2,9 @@
 
 ``Settings`` (settings.py) says where the store is, where sequent keeps its state, which guest
 module runs, the sandbox limits, how stale a cached policy set may be and how long an outbound
-HTTP call may take; ``Settings.from_env()`` reads them from the environment. Two builders
-(system.py): ``open_service(settings)`` opens the event store alone (job commands, audit, read
-models); ``build_system(settings)`` wires the whole system around it (sandbox, Cedar
+HTTP call may take; ``Settings.from_env()`` reads them from the environment. Two builders:
+``open_service(settings)`` (service.py) opens the event store alone (job commands, audit, read
+models); ``build_system(settings)`` (system.py) wires the whole system around it (sandbox, Cedar
 authorizer, session client, dispatcher, read models). Every entry point starts here: each CLI
 command, the worker, the race, the demo, the benchmark, and the tests.
 
@@ -12,7 +12,22 @@ May import ``domain``, ``integrations`` and ``projections``; only ``scripts`` an
 import it.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from bootstrap.service import open_service
 from bootstrap.settings import Settings
-from bootstrap.system import System, build_system, open_service
+
+if TYPE_CHECKING:
+    from bootstrap.system import System, build_system
 
 __all__ = ["Settings", "System", "build_system", "open_service"]
+
+
+def __getattr__(name: str) -> Any:
+    # The whole system loads the sandbox (wasmtime, ~10 MB): only on first use, so commands
+    # that need the store alone start without it.
+    if name in ("System", "build_system"):
+        from bootstrap import system  # noqa: PLC0415
+
+        return getattr(system, name)
+    raise AttributeError(f"module 'bootstrap' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from domain.store_url import DB_URL_ENV
-from integrations.runtime import SandboxLimits
+from integrations.limits import SandboxLimits
 
 HOME_ENV = "SEQUENT_HOME"
 MODULE_DIR_ENV = "SEQUENT_MODULE_DIR"

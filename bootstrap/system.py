@@ -9,24 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bootstrap.service import open_service
 from bootstrap.settings import Settings
 from domain import CurationService
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import Completer, Dispatcher
+from integrations.limits import SandboxLimits
 from integrations.modules.build import build_session_message_wasm
 from integrations.reconcile import Reconciler
-from integrations.runtime import LoadedModule, Runtime, SandboxLimits
+from integrations.runtime import LoadedModule, Runtime
 from integrations.sandboxed import SandboxRunner, SessionStopper
 from integrations.session_client import SessionClient
 from projections import Projections
-
-
-def open_service(settings: Settings | None = None) -> CurationService:
-    """Opens the event store named by ``settings`` (default: from the environment)."""
-    settings = settings or Settings.from_env()
-    service = CurationService.open(settings.url)
-    service.policies.max_staleness = settings.policy_staleness
-    return service
 
 
 @dataclass
@@ -98,7 +92,7 @@ def build_system(settings: Settings | None = None) -> System:
     settings = settings or Settings.from_env()
     runtime = Runtime(settings.limits, cache_dir=settings.module_cache_dir)
     path = settings.module or build_session_message_wasm(settings.modules_dir)
-    loaded = runtime.load(path.read_bytes())
+    loaded = runtime.load_file(path)
     service = open_service(settings)
     return System(
         settings=settings,

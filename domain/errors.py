@@ -110,9 +110,22 @@ class StoreURLError(SequentError):
 
 
 class StoreUnavailable(SequentError):
+    """The store could not be reached or failed mid-call; this call wrote nothing."""
+
+    condition = "is unavailable"
+
     def __init__(self, url: str, why: str) -> None:
         self.url = url
-        super().__init__(f"store {url!r} is unavailable: {why}")
+        self.why = why
+        super().__init__(f"store {url!r} {self.condition}: {why}")
+
+
+class StoreBusy(StoreUnavailable):
+    """Another client held a lock this call needed past the store's lock timeout (or a
+    statement ran past the statement timeout). Retryable: the call wrote nothing, and the same
+    command may succeed once the other client lets go."""
+
+    condition = "is busy (another client holds a lock; nothing was written, retry later)"
 
 
 class MalformedURL(SequentError):
@@ -124,7 +137,9 @@ class MalformedURL(SequentError):
 
 
 class InvalidPolicy(SequentError):
-    """Cedar refused the policy text (parse or schema validation); nothing was written."""
+    """Cedar refused the policy text (parse or schema validation); nothing was written. The
+    message never quotes the text (it may come from a file that holds secrets): ``errors`` are
+    Cedar's, with every word of the text in them redacted (``domain.cedar.without_text``)."""
 
     def __init__(self, why: str, errors: tuple[str, ...] = ()) -> None:
         self.why = why
@@ -163,4 +178,18 @@ class DecisionAlreadyDecided(SequentError):
         self.by = by
         super().__init__(
             f"cannot {attempted} decision {decision_id}: it was already {status} by {by!r}"
+        )
+
+
+class DecisionForbidden(SequentError):
+    """Approving would add a permit that a ``forbid`` overrides: the request would still be
+    denied, so the approval is refused and nothing is written."""
+
+    def __init__(self, decision_id: UUID, resource: str, policy_ids: Iterable[str]) -> None:
+        self.decision_id = decision_id
+        self.policy_ids = tuple(policy_ids)
+        super().__init__(
+            f"cannot approve decision {decision_id}: policy {', '.join(self.policy_ids)} "
+            f"forbids its call to {resource} and a permit cannot override a forbid "
+            "(revoke that policy first, or reject the decision)"
         )

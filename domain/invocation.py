@@ -14,8 +14,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InvocationFinished, LeaseHeld
-from domain.outcomes import Applied, DiscardReason, Verdict
+from domain.errors import InvalidDispatch, InvocationFinished, LeaseHeld
+from domain.outcomes import Applied, DiscardReason, Dispatch, Verdict
 
 DEFAULT_INTEGRATION = "build_session_message"
 
@@ -67,6 +67,27 @@ class Invocation(Aggregate):
         recorded together (``record``, saved in one ``save``), so this is also "decided": the
         run is over, it cannot be claimed, and any later completion is a duplicate."""
         return self.completions > 0
+
+    def check_dispatch(self, dispatch: Dispatch, job_id: UUID) -> None:
+        """Raises InvalidDispatch naming the first field of ``dispatch`` that contradicts this
+        invocation's record (invariant 6). Such a completion cannot be the real run's, so it is
+        refused before it is recorded: recorded, it would finish the invocation and turn the
+        genuine completion into a ``duplicate``. An invocation that was never started has no
+        record but its job to compare with."""
+        if job_id != self.job_id:
+            raise InvalidDispatch(self.id, f"it belongs to job {self.job_id}, not {job_id}")
+        if not self.started:
+            return
+        recorded = (
+            ("expected_version", dispatch.expected_version, self.expected_version),
+            ("attempt", dispatch.attempt, self.attempt),
+        )
+        for field, given, own in recorded:
+            # type() rather than ==: True == 1, and a bool is no version
+            if type(given) is not int or given != own:
+                raise InvalidDispatch(
+                    self.id, f"{field} {given!r:.40} differs from the recorded {own}"
+                )
 
     def claim(self, worker: str, now: datetime, lease: timedelta, module_sha256: str) -> None:
         """Takes (or renews) the lease to run this invocation with the module whose sha256 is

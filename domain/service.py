@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.application import Application, ProjectorFunction, project_aggregate
+from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.utils import Environment
 
 from domain.errors import (
     ActionNotAllowedHere,
@@ -28,8 +32,16 @@ from domain.job import CurationJob
 from domain.orphan import OrphanSession, orphan_id
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
-from domain.store_errors import MAX_CONFLICT_RETRIES, retrying, store_call
-from domain.store_url import StoreConfig, default_url, parse_store_url
+from domain.snapshots import load_job
+from domain.store_errors import (
+    BACKOFF,
+    MAX_CONFLICT_RETRIES,
+    Backoff,
+    bound_waits,
+    retrying,
+    store_call,
+)
+from domain.store_url import StoreConfig, default_url, parse_store_url, postgres_options
 from domain.transitions import (
     COMPLETION_ACTIONS,
     STATE_TIMEOUTS,
@@ -38,6 +50,7 @@ from domain.transitions import (
     JobState,
     transition,
 )
+from domain.values import check_json
 from domain.views import HistoryEntry, InvocationView, JobView
 
 T = TypeVar("T")
@@ -55,10 +68,20 @@ def completion_values(action: str, params: Mapping[str, Any] | None) -> dict[str
     return transition(action).validate(params)
 
 
+def _ids_checked(dispatch: Dispatch) -> Dispatch:
+    """The dispatch with UUIDs for ids (MalformedId for anything that is not one)."""
+    job_id = as_uuid(dispatch.job_id)
+    invocation_id = as_uuid(dispatch.invocation_id, "invocation")
+    if (job_id, invocation_id) == (dispatch.job_id, dispatch.invocation_id):
+        return dispatch
+    return replace(dispatch, job_id=job_id, invocation_id=invocation_id)
+
+
 class CurationService(Application[UUID]):
     name = "Sequent"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {CurationJob: SNAPSHOT_INTERVAL}
     max_conflict_retries = MAX_CONFLICT_RETRIES
+    conflict_backoff: Backoff = BACKOFF
 
     def __init__(self, env: Mapping[str, str] | None = None, *, url: str = "memory://") -> None:
         super().__init__(env)
@@ -68,18 +91,26 @@ class CurationService(Application[UUID]):
     @classmethod
     def open(cls, url: str | None = None) -> CurationService:
         """Opens the store named by ``url`` (default: ``$SEQUENT_DB`` or a SQLite file under
-        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable."""
+        ``./.sequent/``), creating its tables. Raises StoreURLError or StoreUnavailable
+        (StoreBusy when another client holds a lock past the lock timeout)."""
         config: StoreConfig = parse_store_url(url or default_url())
-        config.prepare()
-        with store_call(config.url):
+        with config.opening(), store_call(config.url):
             return cls(config.env, url=config.url)
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory:
+        """The library's factory; a PostgreSQL one with sessions that time out waiting."""
+        factory = super().construct_factory(env)
+        if isinstance(factory, PostgresFactory):  # before the recorders' first connection
+            bound_waits(factory.datastore, postgres_options(env))
+        return factory
 
     # -- commands ---------------------------------------------------------------------------
 
     def create_job(self, spec: Mapping[str, Any]) -> UUID:
         values = TRANSITIONS["Create"].validate({"spec": spec})
         job = CurationJob(**values)
-        self.save(job)
+        with self._store_call():
+            self.save(job)
         return job.id
 
     def configure(self, job_id: UUID | str, settings: Mapping[str, Any]) -> None:
@@ -142,9 +173,10 @@ class CurationService(Application[UUID]):
     ) -> list[Verdict]:
         """Several completions decided in order and saved in one transaction (group commit):
         each is decided on the state the ones before it left, exactly as if they had come one
-        by one. Bad input anywhere refuses the whole batch before anything is decided; a
-        version conflict re-decides the whole batch on fresh state."""
-        checked = [(d, a, completion_values(a, p)) for d, a, p in completions]
+        by one. Bad input anywhere (params, ids, a dispatch that contradicts its invocation's
+        record) refuses the whole batch and writes nothing; a version conflict re-decides the
+        whole batch on fresh state."""
+        checked = [(_ids_checked(d), a, completion_values(a, p)) for d, a, p in completions]
 
         def once() -> list[Verdict]:
             loaded: dict[UUID, CurationJob | Invocation] = {}
@@ -167,15 +199,15 @@ class CurationService(Application[UUID]):
     ) -> Verdict:
         """Loads (or reuses from ``loaded``) the job and invocation, asks the guard, and
         applies its verdict to both aggregates in memory."""
-        job_id = as_uuid(dispatch.job_id)
+        job_id = dispatch.job_id
         job = loaded.get(job_id)
         if not isinstance(job, CurationJob):
             job = loaded[job_id] = self._job(job_id)
         invocation = loaded.get(dispatch.invocation_id)
         if not isinstance(invocation, Invocation):
             invocation = self._invocation_or_none(dispatch.invocation_id)
-        if invocation is not None and invocation.job_id != job_id:
-            raise InvalidDispatch(dispatch.invocation_id, f"it belongs to job {invocation.job_id}")
+        if invocation is not None:
+            invocation.check_dispatch(dispatch, job_id)
         decision = decide(job, invocation, dispatch, action)
         if invocation is None:
             invocation = Invocation.unrecognised(
@@ -230,6 +262,7 @@ class CurationService(Application[UUID]):
         that ran, not one the submitter guessed). LeaseHeld if another worker has it,
         InvocationFinished if it is done; else the Dispatch to run it under."""
         invocation_uuid = as_uuid(invocation_id, "invocation")
+        check_json("claim", "params", {"worker": worker, "module_sha256": module_sha256})
 
         def once() -> Dispatch:
             invocation = self._invocation(invocation_uuid)
@@ -243,6 +276,7 @@ class CurationService(Application[UUID]):
 
     def compensate(self, invocation_id: UUID | str, session_id: str) -> None:
         invocation_uuid = as_uuid(invocation_id, "invocation")
+        check_json("compensate", "session_id", session_id)
 
         def once() -> None:
             invocation = self._invocation(invocation_uuid)
@@ -338,19 +372,31 @@ class CurationService(Application[UUID]):
         )
 
     def _retrying(self, what: str, once: Callable[[], T]) -> T:
-        return retrying(self.url, what, once, self.max_conflict_retries)
+        return retrying(self.url, what, once, self.max_conflict_retries, self.conflict_backoff)
 
     def _store_call(self) -> AbstractContextManager[None]:
         return store_call(self.url)
 
     def _job(self, job_id: UUID) -> CurationJob:
-        try:
-            job: object = self.repository.get(job_id)
-        except AggregateNotFoundError:
-            raise JobNotFound(job_id) from None
+        job = load_job(self, job_id)  # a snapshot only once checked (domain.snapshots)
         if not isinstance(job, CurationJob):
             raise JobNotFound(job_id)
         return job
+
+    def take_snapshot(
+        self,
+        aggregate_id: UUID,
+        version: int | None = None,
+        projector_func: ProjectorFunction[Any, Any] = project_aggregate,
+    ) -> None:
+        """The library's, but from the checked load: its own (``repository.get``) starts from the
+        previous snapshot as stored, so a corrupted one would be copied into the next, and an
+        undecodable one would fail the save that already committed the events."""
+        job = load_job(self, aggregate_id, version)
+        # Called only for snapshotting_intervals' classes, after a save of the job.
+        assert self.snapshots is not None
+        assert isinstance(job, CurationJob)
+        self.snapshots.put([CurationJob.Snapshot.take(job)])
 
     def _invocation(self, invocation_id: UUID) -> Invocation:
         invocation = self._invocation_or_none(invocation_id)

@@ -7,7 +7,6 @@ which action is valid where.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,8 +14,12 @@ from enum import StrEnum
 from typing import Any
 
 from domain.errors import InvalidParams, UnknownAction
+from domain.values import json_problems
 
-MAX_PARAMS_BYTES = 1024 * 1024  # a completion or command payload larger than this is refused
+# A session id is a read model's key (``sessions``), and PostgreSQL refuses an index entry over
+# 2704 bytes: past that, the read model could never hold the row again. 256 characters are at
+# most 1 KiB of UTF-8.
+MAX_SESSION_ID_CHARS = 256
 
 
 class JobState(StrEnum):
@@ -44,14 +47,17 @@ class Param:
     json_type: str  # "object", "array", "string", "object|string"
     required: bool = True
     choices: tuple[str, ...] = ()
+    max_chars: int | None = None  # for strings
 
     def problem(self, value: Any) -> str | None:
         if not _is_json_type(value, self.json_type):
             return f"{self.name!r} must be {self.json_type}, got {type(value).__name__}"
         if self.choices and value not in self.choices:
-            return f"{self.name!r} must be one of {', '.join(self.choices)}, got {value!r}"
+            return f"{self.name!r} must be one of {', '.join(self.choices)}, got {value!r:.60}"
         if self.json_type == "string" and self.required and not value:
             return f"{self.name!r} must not be empty"
+        if self.max_chars is not None and len(value) > self.max_chars:
+            return f"{self.name!r} must be at most {self.max_chars} characters, got {len(value)}"
         return None
 
 
@@ -84,7 +90,8 @@ class Transition:
 
     def validate(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Returns the given params checked, or raises InvalidParams naming every problem.
-        Values must be plain JSON (they become event data) and small enough to store."""
+        Values become event data, so they must also pass ``domain.values.json_problems``:
+        plain JSON that every store and read model can hold, small and shallow enough."""
         if params is None:
             params = {}
         if not isinstance(params, Mapping):
@@ -92,7 +99,7 @@ class Transition:
                 self.action, [f"params must be an object, got {type(params).__name__}"]
             )
         known = {p.name for p in self.params}
-        problems = [f"unexpected param {name!r}" for name in params if name not in known]
+        problems = [f"unexpected param {name!r:.60}" for name in params if name not in known]
         values: dict[str, Any] = {}
         for p in self.params:
             if p.name not in params:
@@ -104,22 +111,13 @@ class Transition:
                 problems.append(problem)
             values[p.name] = params[p.name]
         if not problems:
-            problems.extend(_payload_problems(values))
+            problems.extend(json_problems(values))
         if problems:
             raise InvalidParams(self.action, problems)
         return values
 
 
-def _payload_problems(values: dict[str, Any]) -> list[str]:
-    try:
-        size = len(json.dumps(values, allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
-        return [f"params must be plain JSON: {exc}"]
-    if size > MAX_PARAMS_BYTES:
-        return [f"params are {size} bytes, more than the limit of {MAX_PARAMS_BYTES}"]
-    return []
-
-
+_SESSION_ID = Param("session_id", "string", max_chars=MAX_SESSION_ID_CHARS)
 _ACTIVE = frozenset({JobState.QUEUED, JobState.READY, JobState.RUNNING, JobState.FINALIZING})
 
 # fmt: off
@@ -132,7 +130,7 @@ TRANSITIONS: Mapping[str, Transition] = {t.action: t for t in (
         frozenset({JobState.QUEUED}), JobState.QUEUED),
     Transition("Submit", "Submitted", (),
         frozenset({JobState.QUEUED}), JobState.READY, starts_invocation=True),
-    Transition("SessionSpawned", "SessionSpawned", (Param("session_id", "string"),),
+    Transition("SessionSpawned", "SessionSpawned", (_SESSION_ID,),
         frozenset({JobState.READY}), JobState.RUNNING, completion_only=True),
     Transition("RecordProgress", "ProgressRecorded", (Param("entry", "object|string"),),
         frozenset({JobState.RUNNING}), JobState.RUNNING),

@@ -322,11 +322,12 @@ class Dispatcher:
 
     def compensate(self, run: Run, completion: Completion) -> bool:
         """A discarded success may have left a real session behind: stop it where the job
-        said its sessions live, and record that on the invocation (invariant 4). Not if the
-        job holds that very session: a second completion of the run that spawned it (the
-        service answers a repeated ``Idempotency-Key`` with the first session) is a discarded
-        duplicate, but its session is the job's. That cannot change after this look: only the
-        run that created a session can make a job hold it, and that run is finished."""
+        said its sessions live, and record that on the invocation (invariant 4). Never the
+        session the job holds: with fenced calls a rerun of the run that spawned it is answered
+        with that same session, and its (duplicate) completion must not stop a healthy job's.
+        That cannot change after this look: only the run that created a session can make a job
+        hold it, and that run is finished. A session the job no longer holds (it failed since)
+        is stopped here like any other; ``domain.orphan`` says which states hold one."""
         session_id = completion.params.get("session_id")
         if not (
             isinstance(completion.verdict, Discarded)

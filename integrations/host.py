@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
@@ -46,15 +46,26 @@ MAX_LOG_CHARS: Final = 4096
 REQUEST_KEYS: Final = frozenset({"method", "url", "headers", "body"})
 REFUSAL_KINDS: Final = frozenset({"denied", "http_error"})
 GUEST_ERROR_KINDS: Final = frozenset({"denied", "http_error", "bad_request"})
+# Headers only the host sets (DESIGN.md §3): Host comes from the URL Cedar checked, the fencing
+# token and attempt from the invocation, the length from the body; hop-by-hop headers (RFC 9110
+# §7.6.1, and every Proxy-*) manage the host's own connection. A guest's copies are dropped, so
+# it cannot reach another virtual host, forge another invocation's key or desync the framing.
+HOST_SET_HEADERS: Final = frozenset(
+    {"host", "idempotency-key", "sequent-attempt", "content-length"}
+)
+HOP_BY_HOP_HEADERS: Final = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)
 
 
 class HostCalls(Protocol):
     """What the host does for a guest. The runtime moves bytes; implementations decide and act.
 
-    ``http_call`` receives a validated request ``{"method", "url", "headers", "body"}`` and
-    answers ``{"status", "headers", "body"}`` or ``{"error": {"kind": "denied" | "http_error" |
-    "bad_request", "message", "decision_id"?}}``. It should not raise; if it does, the guest
-    sees an ``http_error``.
+    ``http_call`` receives a validated request ``{"method", "url", "headers", "body"}``, whose
+    headers hold none of :data:`HOST_SET_HEADERS` nor any hop-by-hop one (the implementation
+    sets what it needs of those), and answers ``{"status", "headers", "body"}`` or
+    ``{"error": {"kind": "denied" | "http_error" | "bad_request", "message", "decision_id"?}}``.
+    It should not raise; if it does, the guest sees an ``http_error``.
     """
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]: ...
@@ -342,7 +353,32 @@ def _check_request(request: dict[str, Any]) -> dict[str, Any] | str:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         return "request.headers must be an object of strings"
-    return {"method": method.upper(), "url": url, "headers": headers, "body": request.get("body")}
+    return {
+        "method": method.upper(),
+        "url": url,
+        "headers": guest_headers(headers),
+        "body": request.get("body"),
+    }
+
+
+def guest_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` without those the host sets itself, nor those the guest's own ``Connection``
+    header names (which makes them hop-by-hop too)."""
+    named = {
+        token.strip().lower()
+        for name, value in headers.items()
+        if name.strip().lower() == "connection"
+        for token in value.split(",")
+    }
+    return {
+        name: value
+        for name, value in headers.items()
+        if not _host_owned(name.strip().lower()) and name.strip().lower() not in named
+    }
+
+
+def _host_owned(name: str) -> bool:
+    return name in HOST_SET_HEADERS or name in HOP_BY_HOP_HEADERS or name.startswith("proxy-")
 
 
 def _reject_constant(name: str) -> Any:

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from integrations.host import HostCalls
-from integrations.runtime import ModuleRejected, RunResult, Runtime, SandboxLimits
+from integrations.limits import SandboxLimits
+from integrations.runtime import RunResult, Runtime
 
 SAMPLE_INVOCATION_ID = "00000000-0000-4000-8000-00000000c0de"
 SAMPLE_JOB_ID = "00000000-0000-4000-8000-0000000005a1"
@@ -31,17 +32,6 @@ def sample_input() -> dict[str, Any]:
     }
 
 
-def read_module(path: Path, max_bytes: int) -> bytes:
-    """The file's bytes, refusing an oversized file before reading it."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ModuleRejected("too_large", f"{path}: {size} bytes exceeds {max_bytes}")
-        return path.read_bytes()
-    except OSError as exc:
-        raise ModuleRejected("unreadable", f"{path}: {exc.strerror or exc}") from None
-
-
 def invoke_module(
     path: Path,
     input: dict[str, Any] | None = None,
@@ -52,6 +42,5 @@ def invoke_module(
     """Load ``path`` (wasm or WAT) and run it once; raises ModuleRejected for a non-module."""
     limits = limits or SandboxLimits()
     runtime = runtime or Runtime(limits)
-    source = read_module(Path(path), limits.module_bytes)
-    loaded = runtime.load(source)
+    loaded = runtime.load_file(Path(path))
     return runtime.run(loaded, input if input is not None else sample_input(), host, limits)

@@ -54,10 +54,9 @@ from wasmtime import (
     Trap,
     TrapCode,
     WasmtimeError,
-    wat2wasm,
 )
 
-from domain.errors import SequentError
+from domain.values import json_problems
 from integrations.host import (
     GuestAbiError,
     HostCalls,
@@ -73,6 +72,8 @@ from integrations.host import (
     unpack,
     write_guest,
 )
+from integrations.limits import PAGE_BYTES, SandboxLimits
+from integrations.module_files import ModuleRejected, read_module, to_wasm
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,6 @@ ErrorKind = Literal[
     "http_error",
 ]
 
-WASM_MAGIC: Final = b"\0asm"
-PAGE_BYTES: Final = 65536
 EPOCH_TICK_SECONDS: Final = 0.01
 ABI_VERSION: Final = 1
 
@@ -135,37 +134,6 @@ PRECEDENCE: Final[tuple[ErrorKind, ...]] = (
     "trap",
     "bad_output",
 )
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-invocation bounds. ``module_bytes`` applies when a module is loaded."""
-
-    fuel: int = 1_000_000_000
-    wall_clock_seconds: float = 30.0
-    memory_bytes: int = 64 * 1024 * 1024
-    output_bytes: int = 1024 * 1024
-    module_bytes: int = 10 * 1024 * 1024
-    http_calls: int = 16
-    http_response_bytes: int = 1024 * 1024
-    log_lines: int = 256
-    table_elements: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.wall_clock_seconds <= 0 or self.memory_bytes < PAGE_BYTES:
-            raise ValueError("wall_clock_seconds must be > 0 and memory_bytes >= one 64 KiB page")
-        counts = (self.fuel, self.output_bytes, self.module_bytes, self.http_response_bytes)
-        if min(*counts, self.http_calls, self.log_lines, self.table_elements) < 0:
-            raise ValueError(f"sandbox limits must not be negative: {self}")
-
-
-class ModuleRejected(SequentError):
-    """The bytes cannot be a module. ``reason``: too_large, not_wasm, invalid or unreadable."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"module rejected ({reason}): {detail}")
 
 
 @dataclass(frozen=True)
@@ -302,6 +270,14 @@ class Runtime:
                     self._modules[sha] = cached
         return cached
 
+    def load_file(self, path: Path) -> LoadedModule:
+        """Compile (or fetch) the module in a file; raises ModuleRejected naming the path."""
+        source = read_module(path, self.limits.module_bytes)
+        try:
+            return self.load(source)
+        except ModuleRejected as rejected:
+            raise ModuleRejected(rejected.reason, f"{path}: {rejected.detail}") from None
+
     def cached(self, sha256: str) -> LoadedModule | None:
         with self._lock:
             return self._modules.get(sha256)
@@ -390,31 +366,6 @@ class Runtime:
         )
         store.set_epoch_deadline(epoch_ticks(limits.wall_clock_seconds))
         return store
-
-
-def to_wasm(source: bytes | bytearray | str, max_bytes: int) -> bytes:
-    """The wasm binary for ``source`` (binary or WAT), after the size check."""
-    if len(source) > max_bytes:
-        raise ModuleRejected("too_large", f"{len(source)} bytes exceeds the {max_bytes}-byte limit")
-    if isinstance(source, bytes | bytearray) and bytes(source[:4]) == WASM_MAGIC:
-        return bytes(source)
-    text = _as_text(source)
-    try:
-        wasm = bytes(wat2wasm(text))
-    except WasmtimeError as exc:
-        raise ModuleRejected("not_wasm", f"neither wasm nor WAT: {_first_line(str(exc))}") from None
-    if len(wasm) > max_bytes:
-        raise ModuleRejected("too_large", f"{len(wasm)} bytes exceeds the {max_bytes}-byte limit")
-    return wasm
-
-
-def _as_text(source: bytes | bytearray | str) -> str:
-    if isinstance(source, str):
-        return source
-    try:
-        return bytes(source).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModuleRejected("not_wasm", "no wasm magic number and not WAT text") from None
 
 
 def abi_problem(exports: list[ExportType]) -> str | None:
@@ -557,6 +508,11 @@ def _judge_output(
     memory: Memory, store: Store, packed: int, limits: SandboxLimits, session: HostSession
 ) -> _Verdict:
     value = _read_output(memory, store, packed, limits)
+    # Whatever the guest says becomes event data (its ok object a completion's params, its
+    # error message a Fail message): held to the same rules as any user JSON.
+    problems = json_problems(value, "output")
+    if problems:
+        raise _BadOutput(problems[0])
     if not isinstance(value, dict) or len(value) != 1:
         raise _BadOutput(_SHAPE)
     if isinstance(value.get("ok"), dict):
@@ -695,11 +651,9 @@ __all__ = [
     "CacheStats",
     "ErrorKind",
     "LoadedModule",
-    "ModuleRejected",
     "Outcome",
     "RunResult",
     "Runtime",
-    "SandboxLimits",
     "default_runtime",
     "process_engine",
     "run",

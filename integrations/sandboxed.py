@@ -11,10 +11,12 @@ import logging
 from typing import Any
 
 from domain import Dispatch
+from domain.values import escape_unstorable
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
 from integrations.host import guest_error
-from integrations.runtime import LoadedModule, RunResult, Runtime, SandboxLimits
+from integrations.limits import SandboxLimits
+from integrations.runtime import LoadedModule, RunResult, Runtime
 from integrations.session_client import SessionClient, SessionServiceError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class AuthorizedHost:
         module_sha256: str,
         job_id: str,
         invocation_id: str,
+        attempt: int = 1,
     ) -> None:
         self.authorizer = authorizer
         self.client = client
@@ -43,6 +46,8 @@ class AuthorizedHost:
         self.module_sha256 = module_sha256
         self.job_id = job_id
         self.invocation_id = invocation_id
+        self.attempt = attempt
+        self.denial: str | None = None  # why the last denied call was denied, in Cedar's terms
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
         method, url = str(request.get("method", "")), str(request.get("url", ""))
@@ -50,8 +55,17 @@ class AuthorizedHost:
             self.integration, self.module_sha256, method, url, self.job_id, self.invocation_id
         )
         if not decision.allowed:
+            self.denial = decision.reason
             return guest_error("denied", decision.reason, decision.decision_id)
-        headers = request.get("headers") or {}
+        # The guest's own Host, fencing and hop-by-hop headers were dropped when its request was
+        # read (host.guest_headers); httpx sets Host from the URL Cedar checked. The key is the
+        # fencing token the session service honours: every run of this invocation (a retry, a
+        # lease taken over) gets the one session the first created, never a second.
+        headers = {
+            **(request.get("headers") or {}),
+            "Idempotency-Key": self.invocation_id,
+            "Sequent-Attempt": str(self.attempt),
+        }
         try:
             return self.client.request(method, url, headers, request.get("body"))
         except SessionServiceError as exc:
@@ -62,16 +76,27 @@ class AuthorizedHost:
         log.log(python_level, "%s[%s]: %s", self.integration, self.invocation_id[:8], message)
 
 
-def outcome_of(result: RunResult) -> RunOutcome:
+def outcome_of(result: RunResult, denial: str | None = None) -> RunOutcome:
     """A sandbox result in the declaration's terms. The host's own record of a denial or an
-    HTTP failure wins over whatever kind the guest claims."""
+    HTTP failure wins over whatever kind the guest claims, and a denial is told in the host's
+    words (``denial``), not the guest's. The message never starts with the kind: the one
+    who reports the failure names the kind once (``failure_params``: "denied: …"), and the
+    runtime's message for a guest's error is already "<guest kind>: <guest message>"."""
     if result.outcome == "ok":
         return RunOutcome(ok=result.output)
-    guest_kind = (result.output or {}).get("kind") if result.outcome == "error" else None
+    output = (result.output or {}) if result.outcome == "error" else {}
+    guest_kind = output.get("kind")
+    kind = result.error_kind or (guest_kind if isinstance(guest_kind, str) else None)
+    if kind == "denied" and denial is not None:
+        message = denial
+    elif output:
+        message = str(output.get("message", ""))
+    else:
+        message = result.message
+    # The host's own words may quote what no store can hold (a trap names the guest's
+    # functions); they are recorded with it escaped, never refused.
     return RunOutcome(
-        error_kind=result.error_kind or (guest_kind if isinstance(guest_kind, str) else None),
-        message=result.message or str((result.output or {}).get("message", "")),
-        decision_id=result.decision_id,
+        error_kind=kind, message=escape_unstorable(message), decision_id=result.decision_id
     )
 
 
@@ -99,7 +124,7 @@ class SandboxRunner:
     def module_sha256(self) -> str:
         return self.module.sha256
 
-    def host_for(self, job_id: str, invocation_id: str) -> AuthorizedHost:
+    def host_for(self, job_id: str, invocation_id: str, attempt: int = 1) -> AuthorizedHost:
         return AuthorizedHost(
             self.authorizer,
             self.client,
@@ -107,11 +132,13 @@ class SandboxRunner:
             module_sha256=self.module_sha256,
             job_id=job_id,
             invocation_id=invocation_id,
+            attempt=attempt,
         )
 
     def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
-        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id))
-        return outcome_of(self.runtime.run(self.module, job_input, host, self.limits))
+        host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id), dispatch.attempt)
+        result = self.runtime.run(self.module, job_input, host, self.limits)
+        return outcome_of(result, host.denial)
 
 
 class SessionStopper:

@@ -6,6 +6,9 @@ ephemeral port by default) running in a daemon thread:
 
 * ``POST /sessions`` — body: the session message (a JSON object) → 201
   ``{"session_id": "s-…", "created": <unix seconds>}``; a body that is not a JSON object → 400.
+  With an ``Idempotency-Key`` header (sequent's host sets the invocation id), a key seen before
+  answers 200 with the session its first request created (live or since deleted) and creates
+  nothing: however often an invocation runs, it spawns at most one session.
 * ``DELETE /sessions/{id}`` → 204, or 404 if no such live session.
 * ``GET /sessions`` → 200 ``[{"session_id", "message", "created"}, …]`` (live sessions, oldest
   first); ``GET /sessions/{id}`` → 200 one session, or 404.
@@ -88,6 +91,7 @@ class RequestRecord:
     slow: bool
     connection: int  # 1-based number of the TCP connection it arrived on
     at: float  # unix seconds when the answer was decided (just before it is sent)
+    headers: tuple[tuple[str, str], ...] = ()  # as received, names lower-cased, in order
 
 
 @dataclass
@@ -96,6 +100,7 @@ class _State:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     sessions: dict[str, Session] = field(default_factory=dict)
+    by_idempotency_key: dict[str, Session] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
     requests: list[RequestRecord] = field(default_factory=list)
     next_index: int = 0
@@ -167,6 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             index = state.next_index
             state.next_index += 1
         path = urlsplit(self.path).path
+        headers = tuple((name.lower(), value) for name, value in self.headers.items())
         body = self._read_body()
         fault = service.plan(index) if self.command in service.inject else None
         delay = fault.delay if fault is not None else 0.0
@@ -184,7 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif body is None:
             status, payload = 413, {"error": f"request body exceeds {MAX_BODY_BYTES} bytes"}
         else:
-            status, payload = service._handle(self.command, path, body)
+            key = self.headers.get("Idempotency-Key") or None
+            status, payload = service._handle(self.command, path, body, key)
         # recorded before answering, so a client that has its answer also sees the record
         with state.lock:
             state.requests.append(
@@ -197,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
                     slow,
                     self.connection_number,
                     time.time(),
+                    headers,
                 )
             )
         self._respond(status, payload)
@@ -430,17 +438,19 @@ class SessionService:
 
     # -- request handling (called from handler threads) ----------------------------------------
 
-    def _handle(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+    def _handle(
+        self, method: str, path: str, body: bytes, idempotency_key: str | None
+    ) -> tuple[int, Any]:
         parts = [unquote(p) for p in path.split("/") if p]
         if not parts or parts[0] != "sessions" or len(parts) > 2:
             return 404, {"error": f"no such resource: {path}"}
         if len(parts) == 1:
-            return self._collection(method, body)
+            return self._collection(method, body, idempotency_key)
         return self._item(method, parts[1])
 
-    def _collection(self, method: str, body: bytes) -> tuple[int, Any]:
+    def _collection(self, method: str, body: bytes, idempotency_key: str | None) -> tuple[int, Any]:
         if method == "POST":
-            return self._create(body)
+            return self._create(body, idempotency_key)
         if method == "GET":
             with self._state.lock:
                 return 200, [s.as_json() for s in self._state.sessions.values()]
@@ -461,16 +471,21 @@ class SessionService:
             return 200, session.as_json()
         return 405, {"error": f"{method} not allowed on /sessions/{{id}}"}
 
-    def _create(self, body: bytes) -> tuple[int, Any]:
+    def _create(self, body: bytes, idempotency_key: str | None) -> tuple[int, Any]:
         try:
             message = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return 400, {"error": f"body is not valid JSON: {exc}"}
         if not isinstance(message, dict):
             return 400, {"error": "session message must be a JSON object"}
-        session = Session(f"s-{uuid.uuid4().hex[:16]}", message, time.time())
-        with self._state.lock:
+        with self._state.lock:  # look-up and creation in one step: two racing requests, one session
+            first = self._state.by_idempotency_key.get(idempotency_key or "")
+            if first is not None:
+                return 200, {"session_id": first.session_id, "created": first.created}
+            session = Session(f"s-{uuid.uuid4().hex[:16]}", message, time.time())
             self._state.sessions[session.session_id] = session
+            if idempotency_key is not None:
+                self._state.by_idempotency_key[idempotency_key] = session
         return 201, {"session_id": session.session_id, "created": session.created}
 
 

@@ -3,56 +3,74 @@
 ``SQLiteReadModels`` and ``PostgresReadModels`` subclass the ``eventsourcing`` tracking recorders
 (``SQLiteTrackingRecorder``, ``PostgresTrackingRecorder``) and add the read models' tables to
 the same datastore, the documented pattern for a materialised view: a batch's rows and the
-view's tracking record are written by the library's ``_insert_tracking`` in **one
-transaction**, so a view never holds a change without its position or a position without its
-change.
+projection's tracking record are written by the library's ``_insert_tracking`` in **one
+transaction**, so a projection never holds a change without its position or a position
+without its change. ``open_read_models(service, ...)`` picks the one for the service's store.
 
-Each view has its own tracking row (application name ``Sequent.<view>``) so views advance and
-rebuild independently. Before writing, a batch takes the lock on that row (``SELECT ... FOR
-UPDATE`` on PostgreSQL; on SQLite the first statement is a write, which takes the database's
-write lock) and checks the position is still the one the batch was read after. If another
-runner got there first the batch is refused (``PositionMoved``) and nothing is written: a
-notification is applied once even when two runners race for it.
+Each projection has its own tracking row (application name ``Sequent.<projection>``) so
+projections advance and rebuild independently. Before writing, a batch takes the lock on that
+row (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite the first statement is a write, which
+takes the database's write lock) and checks the position is still the one the batch was read
+after. If another runner got there first the batch is refused (``PositionMoved``) and nothing
+is written: a notification is applied once even when two runners race for it.
 
-Rebuild writes into shadow tables (``<table>__rebuild``, tracking ``Sequent.<view>#rebuild``)
-while the live ones keep serving and following; ``swap`` then, in one transaction holding both
-tracking locks, brings the shadow (and, for the checksum comparison, the live view) up to the
-head, drops the live tables, renames the shadow ones in and moves the live tracking row.
+Rebuild writes into shadow tables (``<table>__rebuild``, tracking
+``Sequent.<projection>#rebuild``) while the live ones keep serving and following; ``swap``
+then, in one transaction holding both tracking locks, brings the shadow (and, for the checksum
+comparison, the live projection) up to the head, drops the live tables, renames the shadow
+ones in and moves the live tracking row. One rebuild of a projection runs at a time, across
+processes (``rebuild_lock``): on PostgreSQL a session advisory lock keyed by schema and
+projection, on SQLite — which has none, and whose only lock held for long would stop every
+writer — a lease row in ``projection_rebuilds``, renewed between batches. A second rebuild
+fails at once with RebuildInProgress rather than dropping the first one's shadow tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
 
 import psycopg
-from eventsourcing.persistence import PersistenceError, Tracking
-from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
-from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore, SQLiteTrackingRecorder
+from eventsourcing.persistence import IntegrityError, PersistenceError, ProgrammingError, Tracking
+from eventsourcing.popo import POPOFactory
+from eventsourcing.postgres import PostgresDatastore, PostgresFactory, PostgresTrackingRecorder
+from eventsourcing.sqlite import (
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+    SQLiteTrackingRecorder,
+)
 from psycopg.sql import SQL
 
-from domain.log import Notice
-from domain.store_url import first_line
+from domain.log import UNREADABLE, Notice
+from domain.service import CurationService
+from domain.store_errors import first_line
+from projections.errors import RebuildInProgress, UnsupportedStore
+from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import INT, Table
-from projections.views import Insert, Upsert, View, Write
 
 SHADOW_SUFFIX = "__rebuild"
 LOOKUP_CHUNK = 500  # keys per IN (...) query
 CHECKSUM_PAGE = 5000  # rows per keyset page while hashing
+SKIPPED_ERROR_CHARS = 300  # of the error recorded for a skipped event
+REBUILD_LEASE_SECONDS = 60.0  # SQLite: a rebuild that stops renewing its lease loses it after
 
 # What a driver raises from inside a transaction (the datastores translate on the way out).
 DB_ERRORS: tuple[type[Exception], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
 
 
 class PositionMoved(Exception):  # a signal between runner and store, not an error
-    """The view's tracked position is not the one the batch was read after."""
+    """The projection's tracked position is not the one the batch was read after."""
 
     def __init__(self, current: int) -> None:
         self.current = current
@@ -61,7 +79,7 @@ class PositionMoved(Exception):  # a signal between runner and store, not an err
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A view's rows and its tracked position, read in one transaction."""
+    """A projection's rows and its tracked position, read in one transaction."""
 
     position: int
     rows: list[tuple[Any, ...]]
@@ -77,16 +95,19 @@ class Checksum:
 @dataclass(frozen=True)
 class Swapped:
     events: int  # replayed into the shadow inside the swap transaction
-    position: int  # the head both views were brought to; the live view's new position
-    live_position: int  # where the live view was when the swap began
+    position: int  # the head both projections were brought to; the live projection's new position
+    live_position: int  # where the live projection was when the swap began
     checksum_live: str
     checksum_rebuilt: str
     rows: int
-    live_error: str | None  # the live view could not be caught up (see ProjectionFailed)
+    live_error: str | None  # the live projection could not be caught up (see ProjectionFailed)
 
 
 Fetch = Callable[[int, int], Iterator[list[Notice]]]
-"""Batches of a view's notifications in (after, upto]."""
+"""Batches of a projection's notifications in (after, upto]."""
+KeepLock = Callable[[], None]
+"""Called by a rebuild between batches: renews its lock where that is a lease, and raises
+RebuildInProgress if the lock was lost."""
 
 
 def shadow_name(table: Table) -> str:
@@ -114,7 +135,7 @@ class ReadModels(ABC):
 
     @abstractmethod
     def create_table(self) -> None:
-        """The library's tracking table plus the views' tables (the recorder's own method)."""
+        """The library's tracking table plus the projections' tables (the recorder's own method)."""
 
     @abstractmethod
     def _transaction(self, *, write: bool, snapshot: bool = False) -> AbstractContextManager[Any]:
@@ -148,8 +169,8 @@ class ReadModels(ABC):
 
     # -- names ------------------------------------------------------------------------------
 
-    def tracking_key(self, view: View, *, shadow: bool = False) -> str:
-        return f"{self.app_name}.{view.name}" + ("#rebuild" if shadow else "")
+    def tracking_key(self, projection: Projection, *, shadow: bool = False) -> str:
+        return f"{self.app_name}.{projection.name}" + ("#rebuild" if shadow else "")
 
     def _name(self, table: Table, shadow: bool) -> str:
         return shadow_name(table) if shadow else table.name
@@ -171,28 +192,30 @@ class ReadModels(ABC):
 
     # -- setup ------------------------------------------------------------------------------
 
-    def _view_ddl(self, views: Sequence[View]) -> list[str]:
+    def _projection_ddl(self, projections: Sequence[Projection]) -> list[str]:
         statements: list[str] = []
-        for view in views:
-            for table in view.tables:
+        for projection in projections:
+            for table in projection.stored_tables:
                 statements.append(self._create_table_sql(table, table.name))
                 statements.extend(self._index_sql(table, table.name))
         return statements
 
-    def init_positions(self, views: Sequence[View]) -> None:
-        """Gives every view a tracking row (position 0) so batches always have one to lock."""
+    def init_positions(self, projections: Sequence[Projection]) -> None:
+        """Gives every projection a tracking row (position 0) so batches always have one to lock."""
         sql = self._sql(
             f"INSERT INTO {self._tracking_table()} (application_name, notification_id) "
             "VALUES (?, 0) ON CONFLICT (application_name) DO NOTHING"
         )
         with self._transaction(write=True) as c:
-            for view in views:
-                c.execute(sql, (self.tracking_key(view),))
+            for projection in projections:
+                c.execute(sql, (self.tracking_key(projection),))
 
     # -- positions --------------------------------------------------------------------------
 
-    def positions(self, views: Sequence[View], *, shadow: bool = False) -> dict[str, int]:
-        keys = {self.tracking_key(v, shadow=shadow): v.name for v in views}
+    def positions(
+        self, projections: Sequence[Projection], *, shadow: bool = False
+    ) -> dict[str, int]:
+        keys = {self.tracking_key(v, shadow=shadow): v.name for v in projections}
         marks = ", ".join("?" * len(keys))
         sql = self._sql(
             f"SELECT application_name, notification_id FROM {self._tracking_table()} "
@@ -201,7 +224,7 @@ class ReadModels(ABC):
         with self._transaction(write=False) as c:
             c.execute(sql, tuple(keys))
             found = {keys[name]: int(pos or 0) for name, pos in self._fetchall(c)}
-        return {v.name: found.get(v.name, 0) for v in views}
+        return {v.name: found.get(v.name, 0) for v in projections}
 
     def _locked_position(self, c: Any, key: str) -> int:
         self._lock_row(c, key)
@@ -244,33 +267,63 @@ class ReadModels(ABC):
 
     def apply(
         self,
-        view: View,
+        projection: Projection,
         batch: Sequence[Notice],
         *,
         after: int,
         upto: int,
         shadow: bool = False,
     ) -> None:
-        """Folds ``batch`` (the view's notifications in (after, upto]) into the view and moves
+        """Folds ``batch`` (the projection's notifications in (after, upto]) into it and moves
         its position to ``upto``, in one transaction. Raises PositionMoved, writing nothing,
-        if the view is no longer at ``after``."""
-        key = self.tracking_key(view, shadow=shadow)
+        if the projection is no longer at ``after``."""
+        key = self.tracking_key(projection, shadow=shadow)
         with self._transaction(write=True) as c:
             current = self._locked_position(c, key)
             if current != after:
                 raise PositionMoved(current)
-            self._write(c, view, batch, shadow)
+            self._write(c, projection, batch, shadow)
             if upto > current:
                 self._track(c, key, upto)
 
-    def _write(self, c: Any, view: View, batch: Sequence[Notice], shadow: bool) -> None:
+    def _write(self, c: Any, projection: Projection, batch: Sequence[Notice], shadow: bool) -> None:
         if not batch:
             return
 
         def lookup(table: Table, keys: Collection[str]) -> dict[str, tuple[Any, ...]]:
             return self._lookup(c, table, keys, shadow)
 
-        for write in view.writes(batch, lookup):
+        try:
+            writes = projection.writes(batch, lookup)
+        except UNREADABLE:
+            # An event the store accepted that this projection cannot fold must not stop it
+            # (DESIGN.md §1 invariant 5): fold the batch again one event at a time — the same
+            # result, as a fold does not depend on where batches end — and record the ones
+            # that fail as skipped. A fold raises before it asks for any write.
+            writes = self._writes_skipping(projection, batch, lookup, c, shadow)
+        self._execute(c, writes, shadow)
+
+    def _writes_skipping(
+        self,
+        projection: Projection,
+        batch: Sequence[Notice],
+        lookup: Lookup,
+        c: Any,
+        shadow: bool,
+    ) -> list[Write]:
+        skipped: list[tuple[Any, ...]] = []
+        for notice in batch:
+            try:
+                writes = projection.writes([notice], lookup)
+            except UNREADABLE as exc:
+                why = first_line(exc)[:SKIPPED_ERROR_CHARS]
+                skipped.append((notice.id, notice.topic, notice.key, notice.version, why))
+                continue
+            self._execute(c, writes, shadow)  # before the next event's lookups
+        return [Insert(projection.skipped, skipped)]
+
+    def _execute(self, c: Any, writes: Sequence[Write], shadow: bool) -> None:
+        for write in writes:
             if write.rows:
                 c.executemany(self._write_sql(write, shadow), write.rows)
 
@@ -332,30 +385,30 @@ class ReadModels(ABC):
             c.execute(f"SELECT COUNT(*) FROM {self._qualified(table.name)}")
             return int(self._fetchall(c)[0][0])
 
-    def snapshot(self, view: View) -> Snapshot:
-        """The view's main table and its position as of one moment."""
-        table = view.table
+    def snapshot(self, projection: Projection) -> Snapshot:
+        """The projection's main table and its position as of one moment."""
+        table = projection.table
         cols = ", ".join(f'"{c}"' for c in table.column_names)
         sql = f'SELECT {cols} FROM {self._qualified(table.name)} ORDER BY "{table.key}"'
         with self._transaction(write=False, snapshot=True) as c:
-            position = self._read_position(c, self.tracking_key(view))
+            position = self._read_position(c, self.tracking_key(projection))
             c.execute(sql)
             return Snapshot(position, self._fetchall(c))
 
-    def bounds(self, view: View) -> tuple[int, int]:
-        """(tracked position, highest position any row of the view's tables carries)."""
+    def bounds(self, projection: Projection) -> tuple[int, int]:
+        """(tracked position, highest position any row of the projection's tables carries)."""
         with self._transaction(write=False, snapshot=True) as c:
-            tracked = self._read_position(c, self.tracking_key(view))
+            tracked = self._read_position(c, self.tracking_key(projection))
             highest = 0
-            for table in view.tables:
+            for table in projection.stored_tables:
                 c.execute(f'SELECT MAX("position") FROM {self._qualified(table.name)}')
                 highest = max(highest, int(self._fetchall(c)[0][0] or 0))
         return tracked, highest
 
-    def checksum(self, view: View) -> Checksum:
+    def checksum(self, projection: Projection) -> Checksum:
         with self._transaction(write=False, snapshot=True) as c:
-            position = self._read_position(c, self.tracking_key(view))
-            rows, sha = self._checksum(c, view.table, view.table.name)
+            position = self._read_position(c, self.tracking_key(projection))
+            rows, sha = self._checksum(c, projection.table, projection.table.name)
         return Checksum(position, rows, sha)
 
     def _read_position(self, c: Any, key: str) -> int:
@@ -398,28 +451,28 @@ class ReadModels(ABC):
 
     # -- rebuild ----------------------------------------------------------------------------
 
-    def create_shadow(self, view: View) -> None:
+    def create_shadow(self, projection: Projection) -> None:
         """Empty shadow tables (no secondary indexes: they are made once, at the swap) and a
         shadow tracking row at 0. Whatever an interrupted rebuild left is dropped first."""
         with self._transaction(write=True) as c:
-            self._lock_row(c, self.tracking_key(view, shadow=True))
-            for table in view.tables:
+            self._lock_row(c, self.tracking_key(projection, shadow=True))
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
                 c.execute(self._create_table_sql(table, shadow_name(table)))
-            self._set_position(c, self.tracking_key(view, shadow=True), 0)
+            self._set_position(c, self.tracking_key(projection, shadow=True), 0)
 
-    def drop_shadow(self, view: View) -> None:
+    def drop_shadow(self, projection: Projection) -> None:
         with self._transaction(write=True) as c:
-            self._lock_row(c, self.tracking_key(view, shadow=True))
-            for table in view.tables:
+            self._lock_row(c, self.tracking_key(projection, shadow=True))
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
-            self._delete_position(c, self.tracking_key(view, shadow=True))
+            self._delete_position(c, self.tracking_key(projection, shadow=True))
 
-    def swap(self, view: View, head: Callable[[], int], fetch: Fetch) -> Swapped:
-        """One transaction: lock both tracking rows, bring the shadow and the live view to the
+    def swap(self, projection: Projection, head: Callable[[], int], fetch: Fetch) -> Swapped:
+        """One transaction: lock both tracking rows, bring the shadow and the live projection to the
         head, hash both, replace the live tables with the shadow ones, move the position."""
-        live_key = self.tracking_key(view)
-        shadow_key = self.tracking_key(view, shadow=True)
+        live_key = self.tracking_key(projection)
+        shadow_key = self.tracking_key(projection, shadow=True)
         with self._transaction(write=True) as c:
             live = self._locked_position(c, live_key)
             at = self._locked_position(c, shadow_key)
@@ -428,21 +481,23 @@ class ReadModels(ABC):
             target = max(head(), at)
             events = 0
             for batch in fetch(at, target):
-                self._write(c, view, batch, shadow=True)
+                self._write(c, projection, batch, shadow=True)
                 events += len(batch)
             live_error: str | None = None
             if live < target:
                 c.execute("SAVEPOINT live_catch_up")
                 try:
                     for batch in fetch(live, target):
-                        self._write(c, view, batch, shadow=False)
+                        self._write(c, projection, batch, shadow=False)
                 except DB_ERRORS as exc:
                     c.execute("ROLLBACK TO SAVEPOINT live_catch_up")
                     live_error = first_line(exc)
                 c.execute("RELEASE SAVEPOINT live_catch_up")
-            _, checksum_live = self._checksum(c, view.table, view.table.name)
-            rows, checksum_rebuilt = self._checksum(c, view.table, shadow_name(view.table))
-            for table in view.tables:
+            _, checksum_live = self._checksum(c, projection.table, projection.table.name)
+            rows, checksum_rebuilt = self._checksum(
+                c, projection.table, shadow_name(projection.table)
+            )
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(table.name)}")
                 for statement in self._rename_sql(table, shadow_name(table), table.name):
                     c.execute(statement)
@@ -452,12 +507,17 @@ class ReadModels(ABC):
             self._delete_position(c, shadow_key)
         return Swapped(events, target, live, checksum_live, checksum_rebuilt, rows, live_error)
 
+    @abstractmethod
+    def rebuild_lock(self, projection: Projection) -> AbstractContextManager[KeepLock]:
+        """Held for the whole of a rebuild of ``projection`` by one rebuild at a time, across
+        processes; RebuildInProgress at once if another holds it."""
+
     # -- corruption, for tests and operators ------------------------------------------------
 
-    def force_position(self, view: View, position: int) -> None:
-        """Sets a view's tracking position without touching its rows (a test of verify)."""
+    def force_position(self, projection: Projection, position: int) -> None:
+        """Sets a projection's tracking position without touching its rows (a test of verify)."""
         with self._transaction(write=True) as c:
-            self._set_position(c, self.tracking_key(view), position)
+            self._set_position(c, self.tracking_key(projection), position)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Runs one statement (``?`` placeholders) on the read models' database."""
@@ -474,13 +534,65 @@ class ReadModels(ABC):
 class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
     placeholder = "?"
 
-    def __init__(self, datastore: SQLiteDatastore, *, app_name: str, views: Sequence[View]):
+    def __init__(
+        self, datastore: SQLiteDatastore, *, app_name: str, projections: Sequence[Projection]
+    ):
         self.app_name = app_name
-        self.views = tuple(views)
+        self.projections = tuple(projections)
         super().__init__(datastore)
 
     def construct_create_table_statements(self) -> list[str]:
-        return [*super().construct_create_table_statements(), *self._view_ddl(self.views)]
+        return [
+            *super().construct_create_table_statements(),
+            *self._projection_ddl(self.projections),
+            "CREATE TABLE IF NOT EXISTS projection_rebuilds (projection TEXT PRIMARY KEY, "
+            "holder TEXT NOT NULL, expires REAL NOT NULL)",
+        ]
+
+    @contextmanager
+    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
+        key = self.tracking_key(projection)
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, {uuid4().hex[:8]}"
+        self._lease(projection, key, holder, take=True)
+        try:
+            yield lambda: self._lease(projection, key, holder, take=False)
+        finally:
+            with suppress(*DB_ERRORS), self._transaction(write=True) as c:
+                c.execute(
+                    "DELETE FROM projection_rebuilds WHERE projection = ? AND holder = ?",
+                    (key, holder),
+                )
+
+    def _lease(self, projection: Projection, key: str, holder: str, *, take: bool) -> None:
+        """Takes (``take``: if free or expired) or renews the lease; the first statement is a
+        write, so the check and the change are one step under SQLite's write lock."""
+        now = time.time()
+        expires = now + REBUILD_LEASE_SECONDS
+        with self._transaction(write=True) as c:
+            if take:
+                c.execute(
+                    "INSERT INTO projection_rebuilds (projection, holder, expires) "
+                    "VALUES (?, ?, ?) ON CONFLICT (projection) DO UPDATE SET "
+                    "holder = excluded.holder, expires = excluded.expires "
+                    "WHERE projection_rebuilds.expires < ?",
+                    (key, holder, expires, now),
+                )
+            else:
+                c.execute(
+                    "UPDATE projection_rebuilds SET expires = ? "
+                    "WHERE projection = ? AND holder = ?",
+                    (expires, key, holder),
+                )
+            c.execute(
+                "SELECT holder, expires FROM projection_rebuilds WHERE projection = ?", (key,)
+            )
+            rows = self._fetchall(c)
+        if not rows:
+            raise RebuildInProgress(projection.name, "this rebuild's lease was taken away")
+        found, until = rows[0]
+        if found != holder:
+            left = max(float(until) - now, 0.0)
+            raise RebuildInProgress(projection.name, f"{found}, lease for {left:.0f} s more")
 
     @contextmanager
     def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
@@ -529,7 +641,7 @@ class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
 def memory_datastore() -> SQLiteDatastore:
     """For memory:// stores: the read models in a private in-memory SQLite database, gone
     when the process ends, like the events they are made from."""
-    return SQLiteDatastore(f"file:sequent-views-{uuid4().hex}?mode=memory&cache=shared")
+    return SQLiteDatastore(f"file:sequent-read-models-{uuid4().hex}?mode=memory&cache=shared")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -540,11 +652,15 @@ POSTGRES_TRACKING_TABLE = "projection_tracking"
 class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
     placeholder = "%s"
 
-    def __init__(self, datastore: PostgresDatastore, *, app_name: str, views: Sequence[View]):
+    def __init__(
+        self, datastore: PostgresDatastore, *, app_name: str, projections: Sequence[Projection]
+    ):
         self.app_name = app_name
-        self.views = tuple(views)
+        self.projections = tuple(projections)
         super().__init__(datastore, tracking_table_name=POSTGRES_TRACKING_TABLE)
-        self.sql_create_statements.extend(SQL(s).format() for s in self._view_ddl(self.views))
+        self.sql_create_statements.extend(
+            SQL(s).format() for s in self._projection_ddl(self.projections)
+        )
 
     @contextmanager
     def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
@@ -555,6 +671,23 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
 
     def _qualified(self, name: str) -> str:
         return f'"{self.datastore.schema}"."{name}"'
+
+    @contextmanager
+    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
+        # A session lock on a connection of its own, held until released or the session
+        # ends: a rebuild that dies lets go of it with its connection.
+        key = f"{self.datastore.schema}.{self.tracking_key(projection)}"
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS taken", (key,)
+            ).fetchone()
+            if row is None or not row["taken"]:
+                raise RebuildInProgress(projection.name, "another session holds its lock")
+            try:
+                yield lambda: None
+            finally:
+                with suppress(*DB_ERRORS):
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
     def _tracking_table(self) -> str:
         return self._qualified(self.tracking_table_name)
@@ -585,3 +718,38 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
             f'ALTER TABLE {self._qualified(old)} RENAME TO "{new}"',
             f'ALTER TABLE {self._qualified(new)} RENAME CONSTRAINT "{old}_pkey" TO "{new}_pkey"',
         ]
+
+
+# -- the recorder for a service ---------------------------------------------------------------
+
+
+def open_read_models(service: CurationService, projections: Sequence[Projection]) -> ReadModels:
+    """The read models' recorder in the service's own database (for ``memory://``, a private
+    in-memory SQLite database), with every projection's tables and tracking row made."""
+    factory = service.factory
+    store: ReadModels
+    if isinstance(factory, SQLiteFactory):
+        store = SQLiteReadModels(factory.datastore, app_name=service.name, projections=projections)
+    elif isinstance(factory, PostgresFactory):
+        store = PostgresReadModels(
+            factory.datastore, app_name=service.name, projections=projections
+        )
+    elif isinstance(factory, POPOFactory):
+        store = SQLiteReadModels(memory_datastore(), app_name=service.name, projections=projections)
+    else:
+        raise UnsupportedStore(type(factory).__name__)
+    _create_tables(store)
+    store.init_positions(projections)
+    return store
+
+
+def _create_tables(store: ReadModels) -> None:
+    # Two processes creating the same tables at once can collide on PostgreSQL's catalog;
+    # CREATE ... IF NOT EXISTS makes a second attempt a no-op.
+    for attempt in range(3):
+        try:
+            store.create_table()
+            return
+        except (IntegrityError, ProgrammingError):
+            if attempt == 2:
+                raise

@@ -2,15 +2,26 @@
 
 ``verify`` never trusts the projection code it checks. It replays the aggregates themselves
 (each domain event's own ``mutate``, as the repository does) from the notification log up to
-the position each view says it has applied, derives the rows that position implies, and
-compares them column by column with what the view holds. Completions (one dispatch_audit row
-each) are the ``Finished`` + verdict pairs of each replayed invocation; sessions come from the
-``SessionSpawned`` completions and the invocations' ``compensated`` lists.
+the position each projection says it has applied, derives the rows that position implies, and
+compares them column by column with what the projection holds. Completions (one dispatch_audit
+row each) are the ``Finished`` + verdict pairs of each replayed invocation; sessions come from
+the ``SessionSpawned`` completions and the invocations' ``compensated`` lists.
 
 Tracking positions are checked first, before any catch-up could paper over them: a position
 past the head is impossible, and a position behind the rows (a row carries the position of the
-event that last changed it) means the view would apply events twice. A position moved forward
-shows up as rows missing or stale against the replay.
+event that last changed it) means the projection would apply events twice. A position moved
+forward shows up as rows missing or stale against the replay.
+
+The history itself is checked too, since a read model can equal a fold of events that should
+never have been written: the replay to the head checks every job event against the transition
+table from the state the job's previous event left it in (``invalid_transition``), reports an
+event it cannot decode or fold (``undecodable``; that aggregate is not folded further), and
+every job snapshot is compared with the fold of its events up to its version (``snapshot``,
+``domain.snapshots.check_snapshots``). Each counts as drift.
+
+It needs the read models' recorder, the log reader, the service (for its snapshots) and the
+projection definitions; catching a projection up is the runner's job, which the caller passes
+in (``catch_up``).
 
 Memory: the replay holds every aggregate (up to the highest position) at once.
 """
@@ -18,36 +29,55 @@ Memory: the replay holds every aggregate (up to the highest position) at once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import Notification
-from eventsourcing.utils import get_topic
+from eventsourcing.application import Application
 
 from domain.authorization import Decision
-from domain.invocation import Invocation
 from domain.job import CurationJob
+from domain.log import (
+    APPLIED,
+    COMPENSATED,
+    DECISION,
+    DISCARDED,
+    FINISHED,
+    INVOCATION,
+    JOB,
+    JOB_TRANSITIONS,
+    UNREADABLE,
+    LogReader,
+    invalid_step,
+)
+from domain.snapshots import check_snapshots
+from domain.store_errors import first_line
+from projections.catalog import PROJECTIONS
 from projections.errors import ProjectionFailed
+from projections.projection import Projection
+from projections.recorders import ReadModels
 from projections.schema import DECISIONS, DISPATCH_AUDIT, JOB_STATUS, SESSIONS, Table
-from projections.views import VIEWS, View
-
-if TYPE_CHECKING:
-    from projections.runner import Projections
 
 DETAILS_LIMIT = 100
 REPLAY_BATCH = 2000
 
-_JOB_PREFIX = get_topic(CurationJob) + "."
-_INVOCATION_PREFIX = get_topic(Invocation) + "."
-_DECISION_PREFIX = get_topic(Decision) + "."
+# Every event of these aggregates is replayed, whatever its name.
+_REPLAYED = (f"{JOB}.", f"{INVOCATION}.", f"{DECISION}.")
 _SESSION_SPAWNED = "SessionSpawned"
+
+
+# Discrepancy.projection of what is wrong in the store itself rather than in a read model.
+EVENTS = "events"  # invalid_transition, undecodable: key "<aggregate id>@<version>"
+SNAPSHOTS = "snapshots"  # snapshot: key "<job id>@<version>"
 
 
 @dataclass(frozen=True)
 class Discrepancy:
-    projection: str
-    kind: str  # missing | extra | drifted | tracking
+    projection: str  # a read model, or EVENTS / SNAPSHOTS
+    # A read model's: missing | extra | drifted | tracking | skipped;
+    # the store's: invalid_transition | undecodable | snapshot.
+    kind: str
     key: str
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> expected, actual
     message: str = ""
@@ -62,66 +92,80 @@ class ProjectionCheck:
     drifted: int
     missing: int
     extra: int
+    skipped: int = 0  # events it recorded as skipped (could not fold); counted as drifted
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    checked: int  # rows compared (the union of expected and stored keys) over all views
-    drifted: int  # rows whose columns differ, plus unsound tracking positions
-    missing: int  # rows the replay implies that a view lacks
-    extra: int  # rows a view holds that the replay does not imply
+    checked: int  # rows compared (the union of expected and stored keys) over all projections
+    drifted: int  # rows whose columns differ, unsound tracking positions, and history problems
+    missing: int  # rows the replay implies that a projection lacks
+    extra: int  # rows a projection holds that the replay does not imply
     ok: bool
     head: int
     projections: list[ProjectionCheck]
     details: list[Discrepancy]  # the first DETAILS_LIMIT discrepancies
+    snapshots: int = 0  # job snapshots compared with the fold of their events
+    history: int = 0  # invalid transitions, undecodable events, snapshots that differ
 
 
-def verify(projections: Projections, *, catch_up: bool = True) -> VerifyReport:
-    store = projections.store
-    head = projections.head()
+def verify_read_models(
+    store: ReadModels,
+    log: LogReader,
+    app: Application[UUID],
+    *,
+    catch_up: Callable[[Projection], object] | None = None,
+) -> VerifyReport:
+    """Checks every projection's tracking position, then (with ``catch_up``) brings each sound
+    one to the head, then compares each with the replay up to its position, and checks the
+    history (the replay to the head) and ``app``'s snapshots."""
+    head = log.head()
     problems: list[Discrepancy] = []
     unsound: set[str] = set()
-    with projections._store_call():  # the same error contract as its methods
-        for view in VIEWS:
-            tracked, highest = store.bounds(view)
-            problem = _tracking_problem(view, tracked, highest, head)
-            if problem is not None:
-                problems.append(problem)
-                unsound.add(view.name)
-    if catch_up:
-        for view in VIEWS:
-            if view.name in unsound:
+    for projection in PROJECTIONS:
+        tracked, highest = store.bounds(projection)
+        problem = _tracking_problem(projection, tracked, highest, head)
+        if problem is not None:
+            problems.append(problem)
+            unsound.add(projection.name)
+    if catch_up is not None:
+        for projection in PROJECTIONS:
+            if projection.name in unsound:
                 continue  # applying more on top would hide or compound what is wrong
             try:
-                projections.catch_up([view.name])
+                catch_up(projection)
             except ProjectionFailed as exc:
-                problems.append(Discrepancy(view.name, "tracking", "", message=str(exc)))
-                unsound.add(view.name)
-    with projections._store_call():
-        snapshots = {view.name: store.snapshot(view) for view in VIEWS}
-        head = max(projections.head(), head)
-        replays: dict[int, Expected] = {}
-        for position in sorted({min(s.position, head) for s in snapshots.values()}):
-            replays[position] = replay(projections, position)
+                problems.append(Discrepancy(projection.name, "tracking", "", message=str(exc)))
+                unsound.add(projection.name)
+    views = {projection.name: store.snapshot(projection) for projection in PROJECTIONS}
+    head = max(log.head(), head)
+    replays: dict[int, Expected] = {}
+    for position in sorted({head, *(min(v.position, head) for v in views.values())}):
+        replays[position] = replay(log, position)
+    snapshots_checked, history = _history_problems(replays[head], app)
+    problems.extend(history)
     checks: list[ProjectionCheck] = []
-    for view in VIEWS:
-        snapshot = snapshots[view.name]
-        expected = replays[min(snapshot.position, head)].rows(view.table)
-        found = compare(view, expected, snapshot.rows)
-        tracking = sum(1 for p in problems if p.projection == view.name)
+    for projection in PROJECTIONS:
+        snapshot = views[projection.name]
+        expected = replays[min(snapshot.position, head)].rows(projection.table)
+        found = compare(projection, expected, snapshot.rows)
+        skipped = _skipped(projection, store.select(projection.skipped))
+        tracking = sum(1 for p in problems if p.projection == projection.name)
         checks.append(
             ProjectionCheck(
-                projection=view.name,
+                projection=projection.name,
                 position=snapshot.position,
                 head=head,
-                checked=len(expected.keys() | {_key(view.table, r) for r in snapshot.rows}),
-                drifted=sum(1 for d in found if d.kind == "drifted") + tracking,
+                checked=len(expected.keys() | {_key(projection.table, r) for r in snapshot.rows}),
+                drifted=sum(1 for d in found if d.kind == "drifted") + tracking + len(skipped),
                 missing=sum(1 for d in found if d.kind == "missing"),
                 extra=sum(1 for d in found if d.kind == "extra"),
+                skipped=len(skipped),
             )
         )
+        problems.extend(skipped)
         problems.extend(found)
-    drifted = sum(c.drifted for c in checks)
+    drifted = sum(c.drifted for c in checks) + len(history)
     missing = sum(c.missing for c in checks)
     extra = sum(c.extra for c in checks)
     return VerifyReport(
@@ -133,10 +177,40 @@ def verify(projections: Projections, *, catch_up: bool = True) -> VerifyReport:
         head=head,
         projections=checks,
         details=problems[:DETAILS_LIMIT],
+        snapshots=snapshots_checked,
+        history=len(history),
     )
 
 
-def _tracking_problem(view: View, tracked: int, highest: int, head: int) -> Discrepancy | None:
+def _history_problems(expected: Expected, app: Application[UUID]) -> tuple[int, list[Discrepancy]]:
+    """(snapshots checked, what is wrong in the store itself): the replay's invalid transitions
+    and undecodable events, then every snapshot that is not the fold of its events."""
+    jobs = [key for key, a in expected.aggregates.items() if isinstance(a, CurationJob)]
+    checked, found = check_snapshots(app, jobs)
+    snapshots = [
+        Discrepancy(SNAPSHOTS, "snapshot", f"{p.aggregate_id}@{p.version}", p.fields, p.why)
+        for p in found
+    ]
+    return checked, [*expected.problems, *snapshots]
+
+
+def _skipped(projection: Projection, rows: Sequence[tuple[Any, ...]]) -> list[Discrepancy]:
+    """The events the projection recorded as skipped: its rows cannot be the fold of the log
+    when it left events out, whatever the comparison says."""
+    return [
+        Discrepancy(
+            projection.name,
+            "skipped",
+            str(position),
+            message=f"{topic.rsplit('.', 1)[-1]} of {key}@{version} not folded: {error}",
+        )
+        for position, topic, key, version, error in rows
+    ]
+
+
+def _tracking_problem(
+    projection: Projection, tracked: int, highest: int, head: int
+) -> Discrepancy | None:
     if tracked > head:
         message = f"tracking position {tracked} is beyond the head of the log ({head})"
     elif highest > tracked:
@@ -146,7 +220,7 @@ def _tracking_problem(view: View, tracked: int, highest: int, head: int) -> Disc
         )
     else:
         return None
-    return Discrepancy(view.name, "tracking", "", message=message)
+    return Discrepancy(projection.name, "tracking", "", message=message)
 
 
 def _key(table: Table, row: Sequence[Any]) -> str:
@@ -154,24 +228,24 @@ def _key(table: Table, row: Sequence[Any]) -> str:
 
 
 def compare(
-    view: View, expected: dict[str, tuple[Any, ...]], stored: Sequence[tuple[Any, ...]]
+    projection: Projection, expected: dict[str, tuple[Any, ...]], stored: Sequence[tuple[Any, ...]]
 ) -> list[Discrepancy]:
-    table = view.table
+    table = projection.table
     actual = {_key(table, r): tuple(r) for r in stored}
     found: list[Discrepancy] = []
     for key in sorted(expected.keys() | actual.keys()):
         want, have = expected.get(key), actual.get(key)
         if have is None:
-            found.append(Discrepancy(view.name, "missing", key))
+            found.append(Discrepancy(projection.name, "missing", key))
         elif want is None:
-            found.append(Discrepancy(view.name, "extra", key))
+            found.append(Discrepancy(projection.name, "extra", key))
         elif want != have:
             fields = {
                 col: {"expected": w, "actual": h}
                 for col, w, h in zip(table.column_names, want, have, strict=True)
                 if w != h
             }
-            found.append(Discrepancy(view.name, "drifted", key, fields))
+            found.append(Discrepancy(projection.name, "drifted", key, fields))
     return found
 
 
@@ -193,6 +267,8 @@ class Expected:
 
     aggregates: dict[str, Any] = field(default_factory=dict)
     last_position: dict[str, int] = field(default_factory=dict)
+    problems: list[Discrepancy] = field(default_factory=list)  # EVENTS: invalid, undecodable
+    unreadable: set[str] = field(default_factory=set)  # aggregates not folded past a bad event
     completions: list[Completion] = field(default_factory=list)
     compensations: dict[str, list[tuple[int, str, Any]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -302,47 +378,45 @@ class Expected:
         return rows
 
 
-def replay(projections: Projections, upto: int) -> Expected:
-    """Replays every job, invocation and decision in the log up to ``upto``."""
+def replay(log: LogReader, upto: int) -> Expected:
+    """Replays every job, invocation and decision in the log up to ``upto``, noting each job
+    event the transition table forbids and each event that cannot be decoded or folded."""
     expected = Expected()
     pending: dict[str, Any] = {}  # invocation id -> its Finished event awaiting a verdict
-    mapper = projections.service.mapper
-    for notification in _log(projections, upto):
-        if not notification.topic.startswith((_JOB_PREFIX, _INVOCATION_PREFIX, _DECISION_PREFIX)):
+    for notice in log.notices((), after=0, upto=upto, limit=REPLAY_BATCH):
+        topic = notice.topic
+        key = notice.key
+        if not topic.startswith(_REPLAYED) or key in expected.unreadable:
             continue
-        event: Any = mapper.to_domain_event(notification)
-        key = str(notification.originator_id)
-        expected.aggregates[key] = event.mutate(expected.aggregates.get(key))
-        expected.last_position[key] = notification.id
-        if not notification.topic.startswith(_INVOCATION_PREFIX):
+        before = expected.aggregates.get(key)
+        at = f"{key}@{notice.version}"
+        if topic in JOB_TRANSITIONS:
+            state = getattr(before, "state", None)
+            why = invalid_step(topic, None if state is None else str(state))
+            if why is not None:
+                expected.problems.append(Discrepancy(EVENTS, "invalid_transition", at, message=why))
+        try:
+            event: Any = notice.event
+            expected.aggregates[key] = event.mutate(before)
+        except UNREADABLE as exc:
+            expected.unreadable.add(key)
+            why = f"notification {notice.id} ({topic}): {first_line(exc)}; not folded further"
+            expected.problems.append(Discrepancy(EVENTS, "undecodable", at, message=why))
             continue
-        name = notification.topic[len(_INVOCATION_PREFIX) :]
-        if name == "Finished":
+        expected.last_position[key] = notice.id
+        if topic == FINISHED:
             pending[key] = event
-        elif name in ("Applied", "Discarded"):
+        elif topic in (APPLIED, DISCARDED):
             finished = pending.pop(key, None)
             expected.completions.append(
                 Completion(
-                    position=notification.id,
+                    position=notice.id,
                     invocation_id=key,
                     action=None if finished is None else finished.action,
                     params={} if finished is None else dict(finished.params),
                     verdict=event,
                 )
             )
-        elif name == "Compensated":
-            expected.compensations[str(event.session_id)].append((notification.id, key, event))
+        elif topic == COMPENSATED:
+            expected.compensations[str(event.session_id)].append((notice.id, key, event))
     return expected
-
-
-def _log(projections: Projections, upto: int) -> Iterator[Notification]:
-    after = 0
-    recorder = projections.service.recorder
-    while after < upto:
-        batch = recorder.select_notifications(
-            start=after, limit=REPLAY_BATCH, stop=upto, inclusive_of_start=False
-        )
-        yield from batch
-        if len(batch) < REPLAY_BATCH:
-            return
-        after = batch[-1].id

@@ -6,12 +6,10 @@ reached, its tests skip on a developer's machine and *fail* when CI=true.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from domain import CurationService, Dispatch
-from integrations.dispatcher import RunOutcome
+from bootstrap import Settings, open_service
+from domain import CurationService
+from integrations.session_service import SessionService
 from scripts import cli
+from tests.support.cli import Cli, Ran
 
 PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 # Tests run in temporary folders; the guest module is built once for all of them (and for the
@@ -89,35 +89,18 @@ def shared_store_url(request: pytest.FixtureRequest, url_for: Callable[[str], st
 
 
 @pytest.fixture
+def sessions() -> Iterator[SessionService]:
+    """A session service on loopback, seeded, no faults injected."""
+    with SessionService(seed=1) as service:
+        yield service
+
+
+@pytest.fixture
 def svc(store_url: str) -> Iterator[CurationService]:
-    service = CurationService.open(store_url)
+    """The service as every entry point opens it: through the composition root."""
+    service = open_service(Settings(store_url=store_url))
     yield service
     service.close()
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What one in-process ``sequent`` command did."""
-
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        assert self.code == 0, self.err
-        assert self.err == ""
-        return json.loads(self.out)
-
-    def error_line(self) -> str:
-        assert self.code != 0
-        assert self.out == ""
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("sequent: error: ")
-        return lines[0]
-
-
-Cli = Callable[..., Ran]
 
 
 @pytest.fixture
@@ -130,22 +113,6 @@ def sequent(capsys: pytest.CaptureFixture[str]) -> Cli:
         return Ran(code, captured.out, captured.err)
 
     return run
-
-
-def event_count(service: CurationService) -> int:
-    """All events in the store: the measure of "nothing was written"."""
-    return service.recorder.max_notification_id() or 0
-
-
-@dataclass(frozen=True)
-class FixedRunner:
-    """A dispatcher's runner without a sandbox: every run comes to ``outcome``."""
-
-    outcome: RunOutcome
-    module_sha256: str = "f" * 64
-
-    def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
-        return self.outcome
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -1,6 +1,7 @@
-"""The audit (projections/audit.py, ``sequent audit``): the incident by hand on every store, time
-travel checked against a fold written here, the offline invariant check on real and tampered
-timelines, the JSON-lines export, and the CLI's output and one-line errors."""
+"""The audit (projections/timeline.py, projections/invariants.py, ``sequent audit``): the
+incident by hand on every store, time travel checked against a fold written here, the offline
+invariant check on real and tampered timelines, the JSON-lines export, and the CLI's output and
+one-line errors."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import copy
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -25,10 +27,12 @@ from domain import (
     MalformedId,
     SequentError,
 )
-from projections.audit import Timeline, VersionOutOfRange, check_invariants, label_for
+from projections.errors import VersionOutOfRange
+from projections.invariants import check_invariants
+from projections.runner import Projections
+from projections.timeline import Timeline, label_for
+from projections.timeline_records import InvocationRecord
 from scripts import cli
-from scripts.audit_commands import HANDLERS, add_audit_commands
-from scripts.output import OneLineParser, reporting_errors
 
 ENDPOINT = "http://127.0.0.1:8080/sessions"
 LATE_SESSION = "s-1-late"
@@ -509,19 +513,7 @@ def test_export_writes_one_json_line_per_event_in_time_order(
 
 
 def sequent(argv: list[str]) -> int:
-    """``sequent ...`` through cli.main once audit is wired in there; until then through the
-    same parts main uses (common options, this module's parser and handler, the error wrapper)."""
-    if "audit" in cli.HANDLERS:
-        return cli.main(argv)
-
-    def body() -> int:
-        parser = OneLineParser(prog="sequent", parents=[cli.common_options(suppress=False)])
-        sub = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-        add_audit_commands(sub, cli.common_options(suppress=True))
-        args = parser.parse_args(argv)
-        return HANDLERS[args.command](args)
-
-    return reporting_errors(body)
+    return cli.main(argv)
 
 
 @pytest.fixture
@@ -627,3 +619,71 @@ def test_labels_run_past_z() -> None:
     assert [label_for(i) for i in (0, 1, 25, 26, 27, 701, 702)] == [
         "A", "B", "Z", "AA", "AB", "ZZ", "AAA",
     ]  # fmt: skip
+
+
+# -- what the audit reads from the read models ----------------------------------------------------
+
+
+def test_decisions_and_unrecognised_runs_come_from_the_caught_up_read_models(
+    svc: CurationService,
+) -> None:
+    run = walk_incident(svc)
+    job_id = run.job_id
+    first = svc.policies.request_decision(
+        integration="build_session_message", endpoint=ENDPOINT, job_id=str(job_id),
+        invocation_id=str(run.second.invocation_id), reason="first",
+    )  # fmt: skip
+    second = svc.policies.request_decision(
+        integration="build_session_message", endpoint=ENDPOINT, job_id=str(job_id),
+        invocation_id=str(run.second.invocation_id), reason="second",
+    )  # fmt: skip
+    svc.policies.reject(first, by="ops", reason="not this endpoint")  # after second's request
+    forged = Dispatch(job_id, uuid4(), expected_version=7, attempt=2)
+    svc.complete(forged, "Fail", {"reason": "service_error", "message": "?"})
+    projections = Projections(svc)
+
+    timeline = Timeline.load(svc, job_id, projections)
+
+    assert projections.positions()["decisions"] == projections.head()
+    assert projections.positions()["dispatch_audit"] == projections.head()
+    # The read model lists by last change; the audit in the order they were requested.
+    assert [d.decision_id for d in projections.decisions(job_id=str(job_id))] == [
+        str(run.decision_id), str(second), str(first),
+    ]  # fmt: skip
+    assert [d.id for d in timeline.decisions] == [run.decision_id, first, second]
+    rejected = timeline.decisions[1]
+    assert (rejected.status, rejected.decided_by, rejected.reason) == ("rejected", "ops", "first")
+    assert rejected.rejection_reason == "not this endpoint"
+    assert rejected.decided_at == rejected.events[-1].timestamp
+    assert (timeline.decisions[2].status, timeline.decisions[2].decided_at) == ("pending", None)
+    assert projections.decisions(status="pending", job_id=str(job_id))[0].decision_id == str(second)
+    assert [(i.label, i.recognised) for i in timeline.invocations] == [
+        ("A", True), ("B", True), ("C", False),
+    ]  # fmt: skip
+    assert timeline.invocations[2].id == forged.invocation_id
+    assert check_invariants(timeline.to_json()) == []
+
+
+def history_entry(name: str, version: int, **data: Any) -> HistoryEntry:
+    return HistoryEntry("invocation", INVOCATION_ID, name, version, MOMENT, data)
+
+
+INVOCATION_ID = uuid4()
+MOMENT = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def test_an_invocation_shows_the_module_of_its_latest_claim_that_names_one() -> None:
+    started = history_entry(
+        "Started", 1, job_id=uuid4(), expected_version=3, attempt=1, module_sha256="started"
+    )
+    old_claim = history_entry("Claimed", 2, worker="w1", lease_until=MOMENT)  # before the field
+    claim = history_entry("Claimed", 3, worker="w2", lease_until=MOMENT, module_sha256="ran")
+    renewed = history_entry("Claimed", 4, worker="w2", lease_until=MOMENT)
+
+    def sha(*events: HistoryEntry) -> str:
+        return InvocationRecord.of("A", events).module_sha256
+
+    assert sha(started) == "started"
+    assert sha(started, old_claim) == "started"
+    assert sha(started, old_claim, claim) == "ran"
+    assert sha(started, old_claim, claim, renewed) == "ran"

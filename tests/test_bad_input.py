@@ -27,8 +27,8 @@ from domain import (
     StoreURLError,
     UnknownAction,
 )
-from domain.transitions import MAX_PARAMS_BYTES
-from tests.conftest import event_count
+from domain.values import MAX_PARAMS_BYTES
+from tests.support.fakes import event_count
 
 
 @pytest.fixture
@@ -167,15 +167,6 @@ def test_the_same_completion_twice(svc: CurationService, job_id: Any) -> None:
     assert verdict.reason == DiscardReason.DUPLICATE
     assert event_count(svc) == before + 2
     assert svc.get(job_id).version == version
-
-
-def test_a_completion_with_a_wrong_expected_version(svc: CurationService, job_id: Any) -> None:
-    dispatch = svc.submit(job_id)
-    forged = Dispatch(job_id, dispatch.invocation_id, dispatch.expected_version - 1, 1)
-    verdict = svc.complete(forged, "Fail", {"reason": "module_error"})
-    assert isinstance(verdict, Discarded)
-    assert verdict.reason == DiscardReason.JOB_MOVED_ON
-    assert svc.get(job_id).state == JobState.READY
 
 
 def test_a_dispatch_naming_another_jobs_invocation(svc: CurationService, job_id: Any) -> None:

@@ -13,8 +13,7 @@ from domain import (
     InvalidParams,
     JobState,
 )
-from tests.conftest import event_count
-from tests.test_concurrency import open_interleaving
+from tests.support.fakes import event_count, open_interleaving
 
 
 def spawn(n: int) -> dict[str, Any]:

@@ -18,6 +18,10 @@ import pytest
 
 from domain import CurationService
 from scripts import bench, cli
+from scripts.bench.race import time_to_running
+from scripts.bench.rebuild import fill_log
+from scripts.bench.stores import with_temporary_schema
+from scripts.cli.commands import build_parser
 
 TINY = "0.02"
 REQUIRED = {"name", "unit", "value", "baseline", "ratio", "target", "meets", "n", "p50", "p99",
@@ -160,7 +164,7 @@ def test_batched_completions_need_postgres() -> None:
 def test_fill_log_writes_exactly_that_many_events() -> None:
     svc = CurationService.open("memory://")
     try:
-        filled = bench.fill_log(svc, 1234)
+        filled = fill_log(svc, 1234)
         assert filled.events == 1234 == svc.recorder.max_notification_id()
         assert filled.jobs == 12
         assert filled.invocation_events == 3 * 12
@@ -172,7 +176,7 @@ def test_rebuild_size_from_config_and_the_events_flag() -> None:
     assert bench.BenchConfig().rebuild_event_count == 100_000
     assert bench.BenchConfig(quick=True).rebuild_event_count == 10_000
     assert bench.BenchConfig(quick=True, rebuild_events=5000).rebuild_event_count == 5000
-    args = cli.build_parser().parse_args(["bench", "--quick", "--events", "1000000"])
+    args = build_parser().parse_args(["bench", "--quick", "--events", "1000000"])
     assert args.events == 1_000_000
 
 
@@ -248,7 +252,7 @@ def test_scaled_sizes_never_reach_zero() -> None:
 
 
 def test_temporary_schema_replaces_one_in_the_url() -> None:
-    url, schema = bench.with_temporary_schema("postgresql://u:pw@h:5432/db?schema=mine")
+    url, schema = with_temporary_schema("postgresql://u:pw@h:5432/db?schema=mine")
     assert url.endswith(f"?schema={schema}")
     assert "mine" not in url
     assert schema.startswith("sequent_bench_")
@@ -264,7 +268,7 @@ def test_time_to_running_reads_the_store(tmp_path: Path) -> None:
         svc.submit(svc.create_job({"target": "never runs"}))
     finally:
         svc.close()
-    latencies = bench.time_to_running(url)
+    latencies = time_to_running(url)
     assert latencies.n == 3
     assert all(ns > 0 and math.isfinite(ns) for ns in latencies.ns)
 

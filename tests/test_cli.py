@@ -17,8 +17,9 @@ from uuid import UUID, uuid4
 import pytest
 
 from domain import CurationService, JobState
-from scripts.output import EXIT_FAILED, EXIT_USAGE, to_jsonable
-from tests.conftest import Cli, event_count
+from scripts.cli.output import EXIT_FAILED, EXIT_USAGE, to_jsonable
+from tests.support.cli import Cli
+from tests.support.fakes import event_count
 
 SEQUENT = Path(sys.executable).parent / "sequent"
 SPEC = {"target": "https://curation.example/feed", "tags": ["a", "b"]}
@@ -322,8 +323,15 @@ BAD_INPUT = {
     "malformed job id on a write": (["job", "retry", "12345"], EXIT_USAGE, "malformed job id"),
     "unknown job id": (["job", "configure", GHOST, "--settings", "{}"], EXIT_FAILED, "not found"),
     "unknown job history": (["history", GHOST], EXIT_FAILED, f"job {GHOST} not found"),
-    "invalid JSON spec": (["job", "create", "--spec", "{oops"], EXIT_USAGE, "invalid JSON"),
+    "invalid JSON spec": (["job", "create", "--spec", "{oops"], EXIT_USAGE, "is not JSON"),
     "spec not an object": (["job", "create", "--spec", "[1, 2]"], EXIT_USAGE, "'spec' must be"),
+    "spec nested 100,000 deep": (
+        ["job", "create", "--spec", "[" * 100_000 + "]" * 100_000],
+        EXIT_USAGE,
+        "nested deeper than 64 levels",
+    ),
+    "spec with NaN": (["job", "create", "--spec", '{"a": NaN}'], EXIT_USAGE, "NaN is not JSON"),
+    "spec with a NUL": (["job", "create", "--spec", '{"a": "\\u0000"}'], EXIT_USAGE, "NUL"),
     "spec missing": (["job", "create"], EXIT_USAGE, "required: --spec"),
     "settings not an object": (
         ["job", "configure", "{job}", "--settings", '"x"'],
@@ -339,7 +347,7 @@ BAD_INPUT = {
     "execute params not JSON": (
         ["job", "execute", "{job}", "RecordProgress", "--params", "half"],
         EXIT_USAGE,
-        "invalid JSON",
+        "is not JSON",
     ),
     "retry a Queued job": (["job", "retry", "{job}"], EXIT_FAILED, "not valid from state 'Queued'"),
     "unknown fail reason": (["job", "fail", "{job}", "--reason", "boredom"], EXIT_USAGE, "boredom"),
@@ -479,7 +487,7 @@ def run_process(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[
     [
         (["job", "show", "not-a-uuid"], EXIT_USAGE, "malformed job id"),
         (["frobnicate", "--json"], EXIT_USAGE, "invalid choice"),
-        (["job", "create", "--spec", "{oops"], EXIT_USAGE, "invalid JSON"),
+        (["job", "create", "--spec", "{oops"], EXIT_USAGE, "is not JSON"),
         (["--db", "nonsense", "job", "show", GHOST], EXIT_USAGE, "bad store URL"),
         (["history", GHOST, "--json"], EXIT_FAILED, "not found"),
     ],

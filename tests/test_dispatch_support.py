@@ -22,7 +22,7 @@ from domain import (
 from domain.invocation import Invocation
 from domain.transitions import STATE_TIMEOUTS
 from integrations.dispatcher import Dispatcher, RunOutcome
-from tests.conftest import FixedRunner
+from tests.support.fakes import FixedRunner
 
 LEASE = timedelta(seconds=30)
 SHA = "5" * 64  # the module a worker says it is about to run

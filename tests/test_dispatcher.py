@@ -15,17 +15,11 @@ from bootstrap import Settings, System, build_system
 from domain import CurationService, Discarded, JobState
 from domain.cedar import default_policies
 from integrations.dispatcher import Dispatcher, RunOutcome
-from integrations.runtime import SandboxLimits
+from integrations.limits import SandboxLimits
 from integrations.session_service import SessionService
-from tests.conftest import FixedRunner
+from tests.support.fakes import FixedRunner
 
 MODULES = Path(__file__).parent / "modules"
-
-
-@pytest.fixture
-def sessions() -> Iterator[SessionService]:
-    with SessionService(seed=1) as service:
-        yield service
 
 
 @pytest.fixture
@@ -59,6 +53,7 @@ def test_a_permitted_run_spawns_a_session_and_applies(
     job = system.service.get(dispatch.job_id)
     assert job.state == JobState.RUNNING
     assert list(sessions.sessions) == [job.session_id]
+    assert job.session_id is not None
     message = sessions.sessions[job.session_id].message
     assert (message["job_id"], message["invocation_id"]) == (
         str(dispatch.job_id),
@@ -101,9 +96,10 @@ def test_a_denied_run_fails_its_job_with_the_decision(
     job = system.service.get(dispatch.job_id)
     assert job.state == JobState.FAILED
     assert job.failure is not None
-    [pending] = system.service.policies.decisions("pending")
+    system.projections.catch_up()
+    [pending] = system.projections.decisions("pending")
     assert job.failure["reason"] == "authorization_denied"
-    assert job.failure["decision_id"] == str(pending.id)
+    assert job.failure["decision_id"] == pending.decision_id
     assert pending.job_id == str(dispatch.job_id)
     assert sessions.sessions == {}, "a denied call never leaves the host"
     assert sessions.requests == []

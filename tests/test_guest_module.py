@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import wasmtime
 
+from integrations.limits import SandboxLimits
 from integrations.modules import build
 from integrations.modules.build import build_session_message_wasm, sha256_file
-from integrations.runtime import Runtime, SandboxLimits
+from integrations.runtime import Runtime
 from integrations.session_client import SessionClient, SessionServiceError
 from integrations.session_service import SessionService
 
@@ -177,14 +178,8 @@ def abi_harness(wasm: Path) -> AbiHarness:
 
 
 @pytest.fixture
-def service() -> Iterator[SessionService]:
-    with SessionService(seed=1) as svc:
-        yield svc
-
-
-@pytest.fixture
-def client(service: SessionService) -> Iterator[SessionClient]:
-    with SessionClient(service.url, timeout=5.0) as c:
+def client(sessions: SessionService) -> Iterator[SessionClient]:
+    with SessionClient(sessions.url, timeout=5.0) as c:
         yield c
 
 
@@ -210,12 +205,12 @@ def test_abi_v1_exports_and_imports(wasm: Path) -> None:
 
 
 def test_creates_the_session_with_the_right_message(
-    harness: Driver, service: SessionService, client: SessionClient
+    harness: Driver, sessions: SessionService, client: SessionClient
 ) -> None:
-    run = harness.run(invocation(service.url), forward_to(client))
+    run = harness.run(invocation(sessions.url), forward_to(client))
 
-    assert len(service.sessions) == 1
-    (session_id, session), *_ = service.sessions.items()
+    assert len(sessions.sessions) == 1
+    (session_id, session), *_ = sessions.sessions.items()
     assert run.output == {"ok": {"session_id": session_id}}
     assert session.message == {
         "job_id": "job-42",
@@ -224,7 +219,7 @@ def test_creates_the_session_with_the_right_message(
         "target": "https://curate.example/api",
         "settings": {"depth": 2, "tags": ["a", "b"]},
     }
-    assert [(r.method, r.path, r.status) for r in service.requests] == [("POST", "/sessions", 201)]
+    assert [(r.method, r.path, r.status) for r in sessions.requests] == [("POST", "/sessions", 201)]
     assert len(run.logs) == 1
     level, line = run.logs[0]
     assert level == INFO
@@ -296,10 +291,10 @@ def test_a_host_error_without_decision_id(harness: Driver) -> None:
 
 
 def test_a_down_service_is_an_http_error(
-    harness: Driver, service: SessionService, client: SessionClient
+    harness: Driver, sessions: SessionService, client: SessionClient
 ) -> None:
-    service.down()
-    run = harness.run(invocation(service.url), forward_to(client))
+    sessions.down()
+    run = harness.run(invocation(sessions.url), forward_to(client))
     assert run.output["error"]["kind"] == "http_error"
     assert "ConnectError" in run.output["error"]["message"]
 
@@ -365,10 +360,10 @@ def test_malformed_input_is_bad_input(harness: Driver, payload: bytes) -> None:
 
 
 def test_concurrent_invocations_in_fresh_stores(
-    harness: Driver, service: SessionService, client: SessionClient
+    harness: Driver, sessions: SessionService, client: SessionClient
 ) -> None:
     def one(n: int) -> dict[str, Any]:
-        payload = invocation(service.url)
+        payload = invocation(sessions.url)
         payload["invocation_id"] = f"inv-{n}"
         return harness.run(payload, forward_to(client)).output
 
@@ -376,8 +371,8 @@ def test_concurrent_invocations_in_fresh_stores(
         outputs = list(pool.map(one, range(40)))
     ids = [o["ok"]["session_id"] for o in outputs]
     assert len(set(ids)) == 40
-    assert set(ids) == set(service.sessions)
-    assert {s.message["invocation_id"] for s in service.sessions.values()} == {
+    assert set(ids) == set(sessions.sessions)
+    assert {s.message["invocation_id"] for s in sessions.sessions.values()} == {
         f"inv-{n}" for n in range(40)
     }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from domain import Applied, CurationService, Discarded, DiscardReason, JobState
-from tests.conftest import event_count
+from tests.support.fakes import event_count
 
 
 def test_late_completions_from_an_earlier_attempt_are_discarded(svc: CurationService) -> None:

@@ -1,4 +1,4 @@
-"""The incident demo (scripts/incident.py, ``sequent demo``): its claims are read back from the
+"""The incident demo (scripts/cli/demo.py, ``sequent demo``): its claims are read back from the
 store, and a broken guard makes it fail loudly instead of telling the happy story."""
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from domain import (
     JobState,
 )
 from domain.guard import Apply
-from scripts import cli, incident
-from scripts.output import EXIT_FAILED, EXIT_USAGE
-from tests.conftest import event_count
+from scripts import cli
+from scripts.cli import demo
+from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
+from tests.support.fakes import event_count
 
 FACTS = {
     "retry_completion_applied",
@@ -37,7 +38,7 @@ FACTS = {
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
-    code = incident.main(["--json", *argv])
+    code = cli.main(["demo", "--json", *argv])
     captured = capsys.readouterr()
     return code, json.loads(captured.out), captured.err
 
@@ -47,7 +48,7 @@ def assert_incident_held(summary: dict[str, Any]) -> None:
     assert summary["facts"] == dict.fromkeys(FACTS, True)
     assert summary["state"] == "Running"
     assert summary["version"] == summary["version_before_late"] == 7
-    assert (summary["attempt"], summary["session_id"]) == (2, incident.SESSION_B)
+    assert (summary["attempt"], summary["session_id"]) == (2, demo.SESSION_B)
     assert [d["reason"] for d in summary["discards"]] == ["superseded", "duplicate"]
     assert all(d["job_version_seen"] == 7 for d in summary["discards"])
     verdicts = summary["verdicts"]
@@ -86,7 +87,7 @@ def test_the_demo_json_states_the_facts_and_the_store_agrees(
         ]
         failed = [e.data for e in svc.history(summary["job_id"]) if e.name == "Failed"]
         assert [(f["reason"], f["decision_id"]) for f in failed] == [
-            ("authorization_denied", incident.DECISION_ID)
+            ("authorization_denied", demo.DECISION_ID)
         ]
     finally:
         svc.close()
@@ -110,7 +111,7 @@ def test_the_human_story_is_nine_steps_a_timeline_and_the_conclusion(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")
-    assert incident.main(["--db", url_for("sqlite")]) == 0
+    assert cli.main(["demo", "--db", url_for("sqlite")]) == 0
     out = capsys.readouterr().out.splitlines()
     steps = [line for line in out if line[:3].strip().rstrip(".").isdigit()]
     assert len(steps) == 9
@@ -131,9 +132,9 @@ def test_without_db_the_demo_starts_from_a_fresh_file(
     monkeypatch.setenv("SEQUENT_DB", "sqlite:///elsewhere.db")  # the demo must not use it
     first = run_json(capsys)[1]
     second = run_json(capsys)[1]
-    assert first["db"] == second["db"] == incident.DEMO_DB_URL
+    assert first["db"] == second["db"] == demo.DEMO_DB_URL
     assert not (tmp_path / "elsewhere.db").exists()
-    svc = CurationService.open(incident.DEMO_DB_URL)
+    svc = CurationService.open(demo.DEMO_DB_URL)
     try:
         assert svc.get(second["job_id"]).state == JobState.RUNNING
         with pytest.raises(JobNotFound):
@@ -154,7 +155,7 @@ def test_sequent_demo_runs_it_with_db_after_the_subcommand(
 
 
 def test_a_bad_db_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert incident.main(["--db", "sqlite:"]) == EXIT_USAGE
+    assert cli.main(["demo", "--db", "sqlite:"]) == EXIT_USAGE
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1
     assert err[0].startswith("sequent: error: bad store URL")
@@ -203,7 +204,7 @@ def test_a_broken_guard_gets_no_happy_ending_in_the_story(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(domain.service, "decide", discard_everything)
-    assert incident.main(["--db", url_for("sqlite")]) == EXIT_FAILED
+    assert cli.main(["demo", "--db", url_for("sqlite")]) == EXIT_FAILED
     out = capsys.readouterr().out
     assert "still Running" not in out
 
@@ -214,7 +215,7 @@ def test_unguarded_completions_hit_the_409_and_the_demo_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(domain.service, "decide", apply_everything)
-    assert incident.main(["--db", url_for("sqlite")]) == EXIT_FAILED
+    assert cli.main(["demo", "--db", url_for("sqlite")]) == EXIT_FAILED
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
     assert len(lines) == 1

@@ -8,9 +8,10 @@ says so in a sentence starting "May import", naming exactly those packages.
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,62 @@ def stated_rule(package: str) -> frozenset[str]:
     return frozenset(named & set(FIRST_PARTY))
 
 
+def modules() -> dict[str, Path]:
+    """Every module of sequent's packages by dotted name (the package itself for __init__)."""
+    found: dict[str, Path] = {}
+    for path in sorted(p for package in MAY_IMPORT for p in (ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def imported_modules(path: Path, known: Mapping[str, Path]) -> Iterator[str]:
+    """The dotted names ``path`` imports, each a module where it names one of ``known``."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:  # ``from projections import rebuild`` names a module
+                submodule = f"{node.module}.{alias.name}"
+                yield submodule if submodule in known else node.module
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {
+        name: {i for i in imported_modules(path, known) if i in known}
+        for name, path in known.items()
+    }
+
+
+def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
+    """One cycle as [a, b, ..., a], or None: a depth-first search that meets a module still on
+    its own path."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        if node in path:
+            return [*path[path.index(node) :], node]
+        if node in done:
+            return None
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = visit(target)
+            if cycle is not None:
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        cycle = visit(start)
+        if cycle is not None:
+            return cycle
+    return None
+
+
 @pytest.mark.parametrize("package", sorted(MAY_IMPORT))
 def test_a_package_imports_only_what_its_rule_allows(package: str) -> None:
     assert violations(package) == []
@@ -114,3 +171,32 @@ def test_cedarpy_is_called_from_domain_cedar_only() -> None:
         if any(name == "cedarpy" for _, name in imported_packages(path, runtime_only=True))
     }
     assert users == {"domain/cedar.py"}
+
+
+def test_the_cycle_finder_finds_a_cycle_and_passes_a_tree() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_module_is_part_of_an_import_cycle() -> None:
+    graph = import_graph()
+    assert {"projections.runner", "projections.verify", "projections.rebuild"} <= graph.keys()
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or ())
+
+
+@pytest.mark.parametrize("module", sorted(m for m in modules() if not m.endswith("__main__")))
+def test_every_module_imports(module: str) -> None:
+    importlib.import_module(module)
+
+
+def test_no_test_module_imports_conftest_or_another_test_module() -> None:
+    """Shared helpers live in tests/support; fixtures in conftest, which pytest loads itself."""
+    crossing = [
+        f"{path.name}:{node.lineno} imports {node.module}"
+        for path in sorted((ROOT / "tests").glob("test_*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and (node.module.startswith("tests.test_") or node.module == "tests.conftest")
+    ]
+    assert crossing == []

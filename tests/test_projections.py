@@ -1,7 +1,7 @@
 """Read models: parity with an independent fold of the history after random workloads,
 exactly-once application, rebuild (while writers run), verify, lag, and live following.
 
-Every check compares the read models with ``fold_history`` (tests/test_projections_fold.py),
+Every check compares the read models with ``fold_history`` (tests/support/oracle.py),
 which shares no code with ``projections/``.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError
@@ -18,11 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domain import CurationService
+from projections.catalog import PROJECTION_NAMES
 from projections.errors import ProjectionFailed, UnknownFilter, UnknownProjection
 from projections.recorders import PositionMoved
 from projections.runner import Projections
-from projections.views import VIEW_NAMES
-from tests.test_projections_fold import OPS, Workload, completions, fold_history, random_workload
+from tests.support.oracle import (
+    OPS,
+    Workload,
+    assert_parity,
+    completions,
+    fold_history,
+    random_workload,
+    stored,
+)
 
 
 @pytest.fixture
@@ -37,21 +44,6 @@ def shared_service(shared_store_url: str) -> Iterator[CurationService]:
     svc = CurationService.open(shared_store_url)
     yield svc
     svc.close()
-
-
-def stored(p: Projections, name: str) -> dict[str, tuple[Any, ...]]:
-    view = p.view(name)
-    at = view.table.index_of(view.table.key)
-    return {str(row[at]): tuple(row) for row in p.store.snapshot(view).rows}
-
-
-def assert_parity(p: Projections) -> None:
-    """Every read model equals the fold; dispatch_audit has one row per completion."""
-    folded = fold_history(p.service)
-    for name in VIEW_NAMES:
-        assert stored(p, name) == folded[name], name
-    audit = stored(p, "dispatch_audit")
-    assert sorted(int(k) for k in audit) == completions(p.service)
 
 
 # -- parity after random workloads -----------------------------------------------------------------
@@ -79,7 +71,7 @@ def test_read_models_equal_the_fold_after_random_workloads(
             p.catch_up()
     p.catch_up()
     assert_parity(p)
-    for name in VIEW_NAMES:
+    for name in PROJECTION_NAMES:
         report = p.rebuild(name, progress=False)
         assert report.checksum_live == report.checksum_rebuilt, name
         assert report.checksum_rebuilt == p.checksum(name)
@@ -125,7 +117,7 @@ def test_lag_counts_what_a_view_has_not_applied(service: CurationService) -> Non
     random_workload(service, 30, seed=1)
     head = p.head()
     assert head > 0
-    assert p.lag() == dict.fromkeys(VIEW_NAMES, head)
+    assert p.lag() == dict.fromkeys(PROJECTION_NAMES, head)
     p.catch_up(["job_status"])
     lag = p.lag()
     assert lag["job_status"] == 0
@@ -165,7 +157,7 @@ def test_gaps_in_notification_ids_are_passed_over(shared_service: CurationServic
 def test_a_batch_applied_twice_is_refused_and_leaves_one_row(service: CurationService) -> None:
     Workload(service).incident(jobs=2)
     p = Projections(service)
-    view = p.view("dispatch_audit")
+    view = p.projection("dispatch_audit")
     head = p.head()
     batch, covered = p.log.read(0, head, view.topics, 10_000)
     assert covered == head
@@ -228,8 +220,8 @@ def test_rebuild_reports_equal_checksums_and_replaces_the_tables(service: Curati
     random_workload(service, 40, seed=2)
     p = Projections(service)
     p.catch_up()
-    live = {name: p.checksum(name) for name in VIEW_NAMES}
-    for name in VIEW_NAMES:
+    live = {name: p.checksum(name) for name in PROJECTION_NAMES}
+    for name in PROJECTION_NAMES:
         for _ in range(2):  # twice: the swapped-in tables can be swapped out again
             seen: list[tuple[int, int]] = []
             report = p.rebuild(name, progress=recorder(seen))
@@ -287,7 +279,7 @@ def test_rebuild_while_writers_run_loses_nothing(
         t.start()
     overlapped: dict[str, int] = {}
     try:
-        for name in VIEW_NAMES:
+        for name in PROJECTION_NAMES:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # until writes land while this view rebuilds
                 before = p.head()
@@ -303,7 +295,7 @@ def test_rebuild_while_writers_run_loses_nothing(
         writer_service.close()
         follower.close()
     assert errors == []
-    assert set(overlapped) == set(VIEW_NAMES)  # every rebuild had writers running through it
+    assert set(overlapped) == set(PROJECTION_NAMES)  # every rebuild had writers running through it
     p.catch_up()
     assert_parity(p)
 
@@ -321,7 +313,7 @@ def test_verify_passes_on_consistent_models(service: CurationService) -> None:
     folded = fold_history(service)
     assert report.checked == sum(len(rows) for rows in folded.values())
     assert {c.projection: c.position for c in report.projections} == dict.fromkeys(
-        VIEW_NAMES, p.head()
+        PROJECTION_NAMES, p.head()
     )
 
 
@@ -336,7 +328,7 @@ def test_verify_catches_a_corrupted_row_and_a_corrupted_position(
     p.store.execute(f'UPDATE {jobs} SET "attempt" = 7 WHERE "job_id" = ?', (job,))
     audit = p.audit()[0].position
     p.store.execute(f'DELETE FROM {audits} WHERE "position" = ?', (audit,))
-    p.store.force_position(p.view("sessions"), 3)  # behind rows it already has
+    p.store.force_position(p.projection("sessions"), 3)  # behind rows it already has
 
     report = p.verify()
 
@@ -363,8 +355,8 @@ def test_verify_catches_a_position_moved_past_events_it_never_applied(
     p = Projections(service)
     p.catch_up()
     w.incident(jobs=2)  # not yet applied ...
-    p.store.force_position(p.view("dispatch_audit"), p.head())  # ... and now skipped
-    p.store.force_position(p.view("decisions"), p.head() + 10)  # beyond the log
+    p.store.force_position(p.projection("dispatch_audit"), p.head())  # ... and now skipped
+    p.store.force_position(p.projection("decisions"), p.head() + 10)  # beyond the log
 
     report = p.verify()
 
@@ -381,7 +373,7 @@ def test_catching_up_a_view_whose_position_went_back_fails_loudly(
     Workload(service).incident(jobs=2)
     p = Projections(service)
     p.catch_up()
-    p.store.force_position(p.view("dispatch_audit"), 0)
+    p.store.force_position(p.projection("dispatch_audit"), 0)
     with pytest.raises(ProjectionFailed, match="projection dispatch_audit failed"):
         p.catch_up(["dispatch_audit"])
     assert len(stored(p, "dispatch_audit")) == len(completions(service))  # nothing doubled

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from domain import CurationService
+from projections.catalog import PROJECTION_NAMES
 from projections.runner import Projections
-from projections.views import VIEW_NAMES
-from tests.test_projections import assert_parity, stored
-from tests.test_projections_fold import Workload, fold_history, random_workload
+from tests.support.oracle import Workload, assert_parity, fold_history, random_workload, stored
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +101,7 @@ def test_killed_runner_resumes_at_its_tracked_position(
     with Projections.open(shared_store_url) as p:
         positions = p.positions()
         assert any(0 < pos < head for pos in positions.values()), positions  # killed midway
-        for name in VIEW_NAMES:
+        for name in PROJECTION_NAMES:
             # Exactly the history up to the tracked position: the killed batch left nothing.
             assert stored(p, name) == fold_history(p.service, positions[name])[name], name
 

@@ -5,6 +5,7 @@ job kept independently here."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -27,6 +28,7 @@ from domain import (
     CurationService,
     Discarded,
     Dispatch,
+    InvalidDispatch,
     InvalidTransition,
 )
 
@@ -118,8 +120,26 @@ class JobUnderFire(RuleBasedStateMachine):
         # Reconstructs the current dispatch, as a run that is still in flight would carry it.
         job = self.svc.get(self.job_id)
         invocation = self.svc.invocation(job.current_invocation or uuid4())
-        dispatch = Dispatch(self.job_id, invocation.id, invocation.expected_version, job.attempt)
+        dispatch = Dispatch(
+            self.job_id, invocation.id, invocation.expected_version, invocation.attempt
+        )
         self._complete(dispatch, action, data.draw(COMPLETIONS[action]))
+
+    @rule(
+        dispatch=dispatches,
+        field=st.sampled_from(["expected_version", "attempt"]),
+        delta=st.sampled_from([-1, 1, 1000]),
+    )
+    def complete_a_garbled_run(self, dispatch: Dispatch | None, field: str, delta: int) -> None:
+        # Invariant 6: a dispatch that contradicts its invocation's record is refused and
+        # settles nothing, so the genuine completion still counts.
+        if dispatch is None:
+            return
+        garbled = replace(dispatch, **{field: getattr(dispatch, field) + delta})
+        before = self.svc.invocation(dispatch.invocation_id).completions
+        with pytest.raises(InvalidDispatch, match=field):
+            self.svc.complete(garbled, "Fail", {"reason": "timeout"})
+        assert self.svc.invocation(dispatch.invocation_id).completions == before
 
     @rule(dispatch=dispatches, data=st.data(), action=st.sampled_from(sorted(COMPLETIONS)))
     def complete_any_run(self, dispatch: Dispatch | None, data: st.DataObject, action: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from scripts import cli
-from scripts.race import RaceConfig, run_race
+from scripts.cli.race import RaceConfig, run_race
 
 KEYS = {
     "jobs", "running", "completed", "failed", "wrongly_failed", "stale_completions", "applied",

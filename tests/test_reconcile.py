@@ -23,7 +23,7 @@ from integrations.session_client import SessionClient, SessionServiceError
 from integrations.session_service import SessionService
 from simulation.clock import VirtualClock
 from simulation.sessions import SessionModels
-from tests.conftest import FixedRunner, event_count
+from tests.support.fakes import FixedRunner, event_count
 
 # -- the rule ----------------------------------------------------------------------------------
 

@@ -17,29 +17,23 @@ from integrations.session_service import SessionService
 
 
 @pytest.fixture
-def service() -> Iterator[SessionService]:
-    with SessionService(seed=1) as svc:
-        yield svc
-
-
-@pytest.fixture
-def client(service: SessionService) -> Iterator[SessionClient]:
-    with SessionClient(service.url, timeout=5.0) as c:
+def client(sessions: SessionService) -> Iterator[SessionClient]:
+    with SessionClient(sessions.url, timeout=5.0) as c:
         yield c
 
 
-def test_url_is_an_ephemeral_loopback_port(service: SessionService) -> None:
-    assert service.url.startswith("http://127.0.0.1:")
-    assert service.port > 0
-    with socket.create_connection(("127.0.0.1", service.port), timeout=2):
+def test_url_is_an_ephemeral_loopback_port(sessions: SessionService) -> None:
+    assert sessions.url.startswith("http://127.0.0.1:")
+    assert sessions.port > 0
+    with socket.create_connection(("127.0.0.1", sessions.port), timeout=2):
         pass
 
 
-def test_create_list_delete(service: SessionService, client: SessionClient) -> None:
+def test_create_list_delete(sessions: SessionService, client: SessionClient) -> None:
     message = {"job_id": "j-1", "attempt": 2, "invocation_id": "i-1", "target": "t"}
     sid = client.create(message)
     assert sid.startswith("s-")
-    assert service.sessions[sid].message == message
+    assert sessions.sessions[sid].message == message
 
     listed = client.list()
     assert [s["session_id"] for s in listed] == [sid]
@@ -50,9 +44,9 @@ def test_create_list_delete(service: SessionService, client: SessionClient) -> N
     assert client.delete(sid) is False  # 404: already gone
     assert client.delete("s-never-existed") is False
     assert client.list() == []
-    assert service.sessions == {}
-    assert service.deleted == [sid]
-    statuses = [(r.method, r.status) for r in service.requests]
+    assert sessions.sessions == {}
+    assert sessions.deleted == [sid]
+    statuses = [(r.method, r.status) for r in sessions.requests]
     assert statuses == [
         ("POST", 201),
         ("GET", 200),
@@ -72,7 +66,9 @@ def test_get_lists_only_live_sessions_in_creation_order(client: SessionClient) -
     assert [s["message"]["n"] for s in listed] == [0, 2, 4]
 
 
-def test_get_one_session_and_unknown_routes(service: SessionService, client: SessionClient) -> None:
+def test_get_one_session_and_unknown_routes(
+    sessions: SessionService, client: SessionClient
+) -> None:
     sid = client.create({"x": 1})
     one = client.request("GET", f"/sessions/{sid}")
     assert one["status"] == 200
@@ -103,9 +99,9 @@ def test_create_raises_typed_error_on_400(client: SessionClient) -> None:
     assert info.value.status == 400
 
 
-def test_fifty_concurrent_creates_all_succeed_with_unique_ids(service: SessionService) -> None:
+def test_fifty_concurrent_creates_all_succeed_with_unique_ids(sessions: SessionService) -> None:
     barrier = threading.Barrier(50)
-    with SessionClient(service.url, timeout=10.0) as client:
+    with SessionClient(sessions.url, timeout=10.0) as client:
 
         def create(n: int) -> str:
             barrier.wait(timeout=10)
@@ -114,11 +110,11 @@ def test_fifty_concurrent_creates_all_succeed_with_unique_ids(service: SessionSe
         with ThreadPoolExecutor(max_workers=50) as pool:
             ids = list(pool.map(create, range(50)))
     assert len(set(ids)) == 50
-    live = service.sessions
+    live = sessions.sessions
     assert set(live) == set(ids)
     assert sorted(s.message["job_id"] for s in live.values()) == sorted(f"j-{n}" for n in range(50))
-    assert [r.status for r in service.requests] == [201] * 50
-    assert sorted(r.index for r in service.requests) == list(range(50))
+    assert [r.status for r in sessions.requests] == [201] * 50
+    assert sorted(r.index for r in sessions.requests) == list(range(50))
 
 
 def test_one_client_reuses_its_connection() -> None:
@@ -265,11 +261,11 @@ def test_stop_cuts_pending_delays_short() -> None:
 
 
 def test_down_service_is_a_typed_error_quickly_and_up_serves_again(
-    service: SessionService, client: SessionClient
+    sessions: SessionService, client: SessionClient
 ) -> None:
     client.create({"before": True})  # the client now holds a pooled keep-alive connection
-    url = service.url
-    service.down()
+    url = sessions.url
+    sessions.down()
     for call in (lambda: client.create({}), client.list, lambda: client.delete("s-1")):
         started = time.perf_counter()
         with pytest.raises(SessionServiceError) as info:
@@ -279,20 +275,20 @@ def test_down_service_is_a_typed_error_quickly_and_up_serves_again(
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/sessions", timeout=1)
 
-    service.up()
-    assert service.url == url
+    sessions.up()
+    assert sessions.url == url
     client.create({"after": True})
     assert len(client.list()) == 2  # sessions survive an outage
 
 
-def test_down_in_503_mode(service: SessionService, client: SessionClient) -> None:
-    service.down(mode="503")
+def test_down_in_503_mode(sessions: SessionService, client: SessionClient) -> None:
+    sessions.down(mode="503")
     answer = client.request("GET", "/sessions")
     assert answer["status"] == 503
     with pytest.raises(SessionServiceError) as info:
         client.create({})
     assert (info.value.kind, info.value.status) == ("http_error", 503)
-    service.up()
+    sessions.up()
     assert client.list() == []
 
 
@@ -325,17 +321,17 @@ def test_timeout_is_a_typed_error() -> None:
 # -- the generic request used by http_call -----------------------------------------------------
 
 
-def test_request_returns_status_headers_body(service: SessionService) -> None:
+def test_request_returns_status_headers_body(sessions: SessionService) -> None:
     with SessionClient(timeout=5.0) as client:  # no base URL: absolute URLs, as http_call sends
         answer = client.request(
             "POST",
-            f"{service.url}/sessions",
+            f"{sessions.url}/sessions",
             {"content-type": "application/json"},
             json.dumps({"job_id": "j"}),
         )
     assert answer["status"] == 201
     assert answer["headers"]["content-type"] == "application/json"
-    assert json.loads(answer["body"])["session_id"] in service.sessions
+    assert json.loads(answer["body"])["session_id"] in sessions.sessions
     assert set(answer) == {"status", "headers", "body"}
 
 
@@ -349,8 +345,8 @@ def test_request_rejects_malformed_requests_as_bad_request(method: str, url: str
     assert info.value.kind == "bad_request"
 
 
-def test_request_caps_the_response_size(service: SessionService) -> None:
-    with SessionClient(service.url, max_response_bytes=200) as client:
+def test_request_caps_the_response_size(sessions: SessionService) -> None:
+    with SessionClient(sessions.url, max_response_bytes=200) as client:
         for n in range(5):
             client.create({"n": n, "padding": "x" * 40})
         with pytest.raises(SessionServiceError) as info:
@@ -359,10 +355,10 @@ def test_request_caps_the_response_size(service: SessionService) -> None:
     assert "exceeds 200 bytes" in info.value.message
 
 
-def test_oversized_request_body_is_413(service: SessionService, client: SessionClient) -> None:
+def test_oversized_request_body_is_413(sessions: SessionService, client: SessionClient) -> None:
     answer = client.request("POST", "/sessions", {}, b"x" * ((1 << 20) + 1))
     assert answer["status"] == 413
-    assert service.sessions == {}
+    assert sessions.sessions == {}
 
 
 def test_bad_configuration_is_rejected() -> None:

@@ -21,7 +21,7 @@ def test_long_history_is_snapshotted_and_loads_the_same_state(svc: CurationServi
     versions = [s.originator_version for s in svc.snapshots.get(job_id)]
     assert versions == [SNAPSHOT_INTERVAL, 2 * SNAPSHOT_INTERVAL]
 
-    loaded = svc.repository.get(job_id)
+    loaded: CurationJob = svc.repository.get(job_id)
     replayed = project_aggregate(None, svc.events.get(job_id))
     assert isinstance(replayed, CurationJob)
     assert loaded.version == replayed.version == 2 * SNAPSHOT_INTERVAL + 10

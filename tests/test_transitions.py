@@ -119,7 +119,7 @@ def test_session_spawned_needs_the_current_invocation_even_on_the_aggregate() ->
 def test_timeout_deadline_follows_the_table(svc: CurationService) -> None:
     job_id = svc.create_job({"target": "t"})
     view = svc.get(job_id)
-    job = svc.repository.get(job_id)
+    job: CurationJob = svc.repository.get(job_id)
     assert job.timeout_at() == view.modified_on + STATE_TIMEOUTS[JobState.QUEUED]
     svc.fail(job_id)
     assert svc.repository.get(job_id).timeout_at() is None  # Failed waits for an operator

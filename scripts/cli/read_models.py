@@ -2,67 +2,33 @@
 ``rebuild``, ``verify`` and ``project`` (the runner).
 
 Queries catch the read models up first (one pass to the head), so what they print is as fresh
-as the store; ``status`` does not, so it can show how far behind the views are. cli.py adds
-the parsers (``add_projection_commands``) and the handlers (``HANDLERS``) to its table.
+as the store; ``status`` does not, so it can show how far behind the views are.
 """
 
 from __future__ import annotations
 
-import argparse
-import signal
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from domain import JobState, as_uuid
-from domain.store_url import default_url
+from projections.catalog import PROJECTION_NAMES
+from projections.rebuild import RebuildReport
 from projections.recorders import hash_rows
-from projections.runner import Projections, RebuildReport
 from projections.verify import VerifyReport
-from projections.views import VIEW_NAMES
-from scripts.output import EXIT_OK, OneLineParser, console, positive_int, print_json, short
-
-Args = argparse.Namespace
-Handler = Callable[[Args], int]
-
-
-@contextmanager
-def opened(args: Args, **options: Any) -> Iterator[Projections]:
-    projections = Projections.open(args.db or default_url(), **options)
-    try:
-        yield projections
-    finally:
-        projections.close()
-
-
-def emit(args: Args, payload: Any, render: Callable[[Console, Any], None]) -> int:
-    if args.json:
-        print_json(payload)
-    else:
-        render(console(), payload)
-    return EXIT_OK
-
-
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
-    out = Table(title=title, title_justify="left")
-    for column in columns:
-        out.add_column(column)
-    for row in rows:
-        out.add_row(*(Text("-" if v is None else str(v)) for v in row))
-    return out
-
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_float, positive_int
+from scripts.cli.output import EXIT_FAILED, EXIT_OK, OneLineParser, emit, short, table
+from scripts.cli.root import read_models
+from scripts.cli.signals import stop_on_signals
 
 # -- queries ------------------------------------------------------------------------------------
 
 
 def run_jobs(args: Args) -> int:
-    with opened(args) as p:
+    with read_models(args) as p:
         p.catch_up()
         rows = p.jobs(args.state)
 
@@ -86,12 +52,12 @@ def run_jobs(args: Args) -> int:
             )
         )
 
-    return emit(args, rows, render)
+    return emit(args.json, rows, render)
 
 
 def run_discarded(args: Args) -> int:
     job = None if args.job is None else str(as_uuid(args.job))
-    with opened(args) as p:
+    with read_models(args) as p:
         p.catch_up()
         rows = p.discarded(job)
 
@@ -115,11 +81,11 @@ def run_discarded(args: Args) -> int:
             )
         )
 
-    return emit(args, rows, render)
+    return emit(args.json, rows, render)
 
 
 def run_sessions(args: Args) -> int:
-    with opened(args) as p:
+    with read_models(args) as p:
         p.catch_up()
         rows = p.sessions(orphans=args.orphans)
 
@@ -144,23 +110,33 @@ def run_sessions(args: Args) -> int:
         )
 
     payload = [{**asdict(r), "orphan": r.orphan} for r in rows]
-    return emit(args, payload, lambda out, _: render(out, rows))
+    return emit(args.json, payload, lambda out, _: render(out, rows))
+
+
+def flag(drift: str | None) -> str | None:
+    return None if drift is None else "DRIFT"
 
 
 def run_status(args: Args) -> int:
-    with opened(args) as p:
+    with read_models(args) as p:
         statuses = p.status()
 
     def render(out: Console, rows: Any) -> None:
         out.print(
             table(
                 "read models",
-                ("projection", "position", "head", "lag", "rows"),
-                [(s.projection, s.position, s.head, s.lag, s.rows) for s in rows],
+                ("projection", "position", "head", "lag", "rows", "skipped", "drift"),
+                [
+                    (s.projection, s.position, s.head, s.lag, s.rows, s.skipped, flag(s.drift))
+                    for s in rows
+                ],
             )
         )
+        for s in rows:
+            if s.drift:
+                out.print(Text(f"{s.projection}: {s.drift}"))
 
-    return emit(args, statuses, render)
+    return emit(args.json, statuses, render)
 
 
 # -- rebuild, verify, project -------------------------------------------------------------------
@@ -171,8 +147,8 @@ def rebuild_payload(report: RebuildReport) -> dict[str, Any]:
 
 
 def run_rebuild(args: Args) -> int:
-    names = [args.projection] if args.projection else list(VIEW_NAMES)
-    with opened(args) as p:
+    names = [args.projection] if args.projection else list(PROJECTION_NAMES)
+    with read_models(args) as p:
         reports = [p.rebuild(name) for name in names]
     payload: dict[str, Any]
     if args.projection:
@@ -214,36 +190,43 @@ def run_rebuild(args: Args) -> int:
             if r.live_error:
                 out.print(f"{r.projection}: the old tables could not catch up: {r.live_error}")
 
-    return emit(args, payload, render)
+    emit(args.json, payload, render)
+    # The rebuilt tables are in place either way; a live checksum that differed means the
+    # read model had drifted from the log, which a script running rebuild must hear about.
+    return EXIT_OK if all(r.equal for r in reports) else EXIT_FAILED
+
+
+VERIFY_COLUMNS = ("projection", "position", "head", "checked", "drifted", "missing", "extra",
+                  "skipped")  # fmt: skip
 
 
 def run_verify(args: Args) -> int:
-    with opened(args) as p:
+    with read_models(args) as p:
         report = p.verify(catch_up=not args.no_catch_up)
 
     def render(out: Console, r: VerifyReport) -> None:
         out.print(
             table(
                 "verify: read models against the replayed aggregates",
-                ("projection", "position", "head", "checked", "drifted", "missing", "extra"),
-                [
-                    (c.projection, c.position, c.head, c.checked, c.drifted, c.missing, c.extra)
-                    for c in r.projections
-                ],
+                VERIFY_COLUMNS,
+                [tuple(getattr(c, column) for column in VERIFY_COLUMNS) for c in r.projections],
             )
         )
         for d in r.details:
-            what = d.message or ", ".join(
+            fields = ", ".join(
                 f"{col}: {v['actual']!r} should be {v['expected']!r}" for col, v in d.fields.items()
             )
+            what = "; ".join(part for part in (d.message, fields) if part)
             out.print(Text(f"{d.projection} {d.kind} {d.key}: {what}".rstrip(": ")))
-        out.print("ok" if r.ok else "DRIFT: rebuild the projections named above")
+        out.print(f"{r.snapshots} snapshots checked against their events")
+        out.print("ok" if r.ok else "DRIFT: see above (a read model: rebuild it)")
 
-    return emit(args, report, render)
+    emit(args.json, report, render)
+    return EXIT_OK if report.ok else EXIT_FAILED  # DESIGN.md §5: drift fails the check
 
 
 def run_project(args: Args) -> int:
-    with opened(args, batch_size=args.batch_size) as p:
+    with read_models(args, batch_size=args.batch_size) as p:
         if args.once:
             events = p.catch_up()
         else:
@@ -259,84 +242,59 @@ def run_project(args: Args) -> int:
             + ("" if events is None else f" ({events} notifications read)")
         )
 
-    return emit(args, payload, render)
-
-
-def stop_on_signals() -> threading.Event:
-    """SIGTERM or SIGINT lets the runner finish its batch and stop."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    return stop
+    return emit(args.json, payload, render)
 
 
 # -- parsers ------------------------------------------------------------------------------------
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0, got {value}")
-    return value
-
-
-def add_projection_commands(sub: Any, common: OneLineParser) -> None:
-    jobs = sub.add_parser(
-        "jobs", parents=[common], help="jobs from the job_status read model (caught up first)"
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    jobs = add_command(
+        sub, common, "jobs", help="jobs from the job_status read model (caught up first)"
     )
     jobs.add_argument("--state", choices=[s.value for s in JobState], default=None)
-    jobs.set_defaults(command="jobs")
 
-    discarded = sub.add_parser(
-        "discarded", parents=[common], help="discarded completions from the dispatch_audit model"
+    discarded = add_command(
+        sub, common, "discarded", help="discarded completions from the dispatch_audit model"
     )
     discarded.add_argument("--job", metavar="JOB", default=None, help="only this job's")
-    discarded.set_defaults(command="discarded")
 
-    sessions = sub.add_parser(
-        "sessions", parents=[common], help="sessions reported by completions, and orphans"
+    sessions = add_command(
+        sub, common, "sessions", help="sessions reported by completions, and orphans"
     )
     sessions.add_argument(
         "--orphans", action="store_true", help="only discarded sessions nobody stopped"
     )
-    sessions.set_defaults(command="sessions")
 
-    status = sub.add_parser(
-        "status", parents=[common], help="each read model's position, the head, and the lag"
-    )
-    status.set_defaults(command="status")
+    add_command(sub, common, "status", help="each read model's position, the head, and the lag")
 
-    rebuild = sub.add_parser(
+    rebuild = add_command(
+        sub,
+        common,
         "rebuild",
-        parents=[common],
         help="rebuild read models from the first notification (default: all)",
         description="Replays into shadow tables while the live ones keep serving, then swaps "
         "them in at the head in one transaction; compares checksums of old and new.",
     )
     rebuild.add_argument(
         "--projection",
-        choices=VIEW_NAMES,
+        choices=PROJECTION_NAMES,
         default=None,
         metavar="NAME",
-        help=f"one of {', '.join(VIEW_NAMES)}",
+        help=f"one of {', '.join(PROJECTION_NAMES)}",
     )
-    rebuild.set_defaults(command="rebuild")
 
-    verify = sub.add_parser(
-        "verify", parents=[common], help="replay parity of the read models with the event history"
+    verify = add_command(
+        sub, common, "verify", help="replay parity of the read models with the event history"
     )
     verify.add_argument(
         "--no-catch-up",
         action="store_true",
         help="compare the read models where they stand, without applying newer events first",
     )
-    verify.set_defaults(command="verify")
 
-    project = sub.add_parser(
-        "project", parents=[common], help="run the projection runner (until SIGTERM/SIGINT)"
+    project = add_command(
+        sub, common, "project", help="run the projection runner (until SIGTERM/SIGINT)"
     )
     project.add_argument("--once", action="store_true", help="catch up to the head, then exit")
     project.add_argument("--batch-size", type=positive_int, default=1000, metavar="N")
@@ -347,7 +305,6 @@ def add_projection_commands(sub: Any, common: OneLineParser) -> None:
         metavar="SECONDS",
         help="how often SQLite is polled; PostgreSQL is followed live",
     )
-    project.set_defaults(command="project")
 
 
 HANDLERS: Mapping[str, Handler] = {

@@ -1,20 +1,21 @@
-"""``sequent bench [--quick] [--only NAME,...] [--pg URL] [--scale F] [--json]`` (DESIGN.md §5, §7).
+"""``sequent bench [--quick] [--only NAME,...] [--pg URL] [--scale F] [--events N] [--json]``
+(DESIGN.md §5, §7).
 
-The measurements themselves live in scripts/bench.py; this module is the command: its parser,
-the progress bar on stderr (when stderr is a terminal), the rich tables, and ``--json``, which
-prints a list with one object per measurement (and backend) as scripts/bench.py documents.
+The measurements themselves live in the bench package (scripts/bench/); this module is the
+command: its parser, the progress bar on stderr (when stderr is a terminal), the rich tables,
+and ``--json``, which prints a list with one object per measurement (and backend) as
+scripts/bench/__init__.py documents.
 
-``--db postgresql://…`` (or ``--pg URL``) adds the PostgreSQL backend to the completion
-measurement, in a temporary schema dropped afterwards; any other ``--db`` is not used, since the
-benchmark always works in throwaway stores. Before cli.py lists the command,
-``python -m scripts.bench_commands bench …`` runs it the same way.
+``--db postgresql://…`` (or ``--pg URL``) adds the PostgreSQL backend to the store-bound
+measurements, in a temporary schema dropped afterwards; any other ``--db`` is not used, since
+the benchmark always works in throwaway stores.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,15 +35,9 @@ from scripts.bench import (
     parse_names,
     run_bench,
 )
-from scripts.output import (
-    EXIT_OK,
-    OneLineParser,
-    console,
-    positive_int,
-    print_json,
-)
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_float, positive_int
+from scripts.cli.output import OneLineParser, emit
 
-Args = argparse.Namespace
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -52,16 +47,6 @@ def measurement_names(text: str) -> list[str]:
         return parse_names(text)
     except UnknownMeasurement as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
-    return value
 
 
 def pg_url_of(args: Args) -> str | None:
@@ -78,11 +63,7 @@ def run_bench_command(args: Args) -> int:
     names = args.only or default_names(args.quick)
     with progress_bar(len(names)) as step:
         results = run_bench(names, config, step)
-    if args.json:
-        print_json([m.to_json() for m in results])
-    else:
-        render(console(), results)
-    return EXIT_OK
+    return emit(args.json, [m.to_json() for m in results], lambda out, _: render(out, results))
 
 
 @contextmanager
@@ -197,10 +178,11 @@ def render(out: Console, results: Sequence[Measurement]) -> None:
 # -- parser ------------------------------------------------------------------------------------
 
 
-def add_bench_commands(sub: Any, common: OneLineParser) -> None:
-    bench = sub.add_parser(
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    bench = add_command(
+        sub,
+        common,
         "bench",
-        parents=[common],
         help="the benchmark suite of DESIGN.md §7, as ratios against baselines run alongside",
         description="Measures the guarded completion against a bare eventsourcing loop (memory, "
         "SQLite, and PostgreSQL with --pg or --db postgresql://...), the sandbox invocation "
@@ -235,7 +217,6 @@ def add_bench_commands(sub: Any, common: OneLineParser) -> None:
         help="events in the rebuild's log (default 100,000; 10,000 with --quick); "
         "1000000 checks the peak-RSS target",
     )
-    bench.set_defaults(command="bench")
 
 
-HANDLERS: dict[str, Callable[[Args], int]] = {"bench": run_bench_command}
+HANDLERS: Mapping[str, Handler] = {"bench": run_bench_command}

@@ -1,5 +1,5 @@
 """``sequent audit JOB [--at VERSION] [--json] [--export FILE]``: one job's timeline read from
-the event store (projections/audit.py), its invocations labelled A, B, C…, every completion's
+the event store (projections/timeline.py), its invocations labelled A, B, C…, every completion's
 verdict and reason, the Cedar decisions that touched it, and its state as of any version.
 
 ``--json`` prints ``Timeline.to_json()`` (plus ``"at"`` with ``--at``); ``--export FILE``
@@ -9,8 +9,7 @@ one line on stderr, non-zero exit (unknown job 1, malformed id 2, version out of
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +17,23 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from domain import CurationService
-from domain.store_url import default_url
-from projections.audit import Completion, JobStateAt, Timeline
-from scripts.output import (
+from projections.timeline import Timeline
+from projections.timeline_records import Completion, JobStateAt
+from scripts.cli.args import Args, Handler, Subcommands, add_command, version_number
+from scripts.cli.output import (
     EVENT_STYLES,
-    EXIT_OK,
     OneLineParser,
-    compact,
-    console,
+    emit,
+    fields_table,
     history_table,
-    print_json,
     short,
 )
+from scripts.cli.root import service
 
-Args = argparse.Namespace
 
-
-def run_audit_command(args: Args) -> int:
-    svc = CurationService.open(args.db or default_url())
-    try:
+def run_audit(args: Args) -> int:
+    # Printed before the store closes: ``to_json(at=V)`` reads the job as of V from the store.
+    with service(args) as svc:
         timeline = Timeline.load(svc, args.job)
         if args.export is not None:
             lines = timeline.export_jsonl(args.export)
@@ -47,19 +43,13 @@ def run_audit_command(args: Args) -> int:
                 "lines": lines,
                 **{k: timeline.summary()[k] for k in EXPORT_COUNTS},
             }
-            if args.json:
-                print_json(payload)
-            else:
-                console().print(render_export(payload))
-            return EXIT_OK
+            return emit(args.json, payload, lambda out, p: out.print(render_export(p)))
         at = timeline.state_at(args.at) if args.at is not None else timeline.current
-        if args.json:
-            print_json(timeline.to_json(at=args.at))
-        else:
-            console().print(render_timeline(timeline, at))
-    finally:
-        svc.close()
-    return EXIT_OK
+        return emit(
+            args.json,
+            timeline.to_json(at=args.at),
+            lambda out, _: out.print(render_timeline(timeline, at)),
+        )
 
 
 EXPORT_COUNTS = ("events", "invocation_events", "decision_events")
@@ -165,25 +155,17 @@ def decisions_table(timeline: Timeline) -> Table:
 
 def state_table(at: JobStateAt, latest: int) -> Table:
     when = "current" if at.version == latest else f"of {latest}"
-    table = Table(
-        title=f"state as of version {at.version} ({when})", title_justify="left", show_header=False
-    )
-    table.add_column("field", style="bold", no_wrap=True)
-    table.add_column("value", overflow="fold")
-    for key, value in at.to_json().items():
-        table.add_row(
-            key, Text("-" if value is None else value if isinstance(value, str) else compact(value))
-        )
-    return table
+    return fields_table(f"state as of version {at.version} ({when})", at.to_json())
 
 
 # -- parser -----------------------------------------------------------------------------------
 
 
-def add_audit_commands(sub: Any, common: OneLineParser) -> None:
-    audit = sub.add_parser(
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    audit = add_command(
+        sub,
+        common,
         "audit",
-        parents=[common],
         help="a job's timeline: events, invocations, verdicts, decisions; state at any version",
         description="Reads the event store directly (not the read models). Invocations are "
         "labelled A, B, C... in the order the job started them.",
@@ -204,15 +186,6 @@ def add_audit_commands(sub: Any, common: OneLineParser) -> None:
         metavar="FILE",
         help="write the whole history (job, invocations, decisions) as JSON lines",
     )
-    audit.set_defaults(command="audit")
 
 
-def version_number(text: str) -> int:
-    """argparse type for --at: any whole number; the range is checked against the job."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a version number, got {text!r}") from None
-
-
-HANDLERS: dict[str, Callable[[Args], int]] = {"audit": run_audit_command}
+HANDLERS: Mapping[str, Handler] = {"audit": run_audit}

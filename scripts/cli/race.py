@@ -10,14 +10,17 @@ exists for.
 ``--baseline`` replays the same seed with the completion handling of the incident: completions
 are not correlated with their invocation, and a 409 (``InvalidTransition``) is treated as the
 integration's own failure and dispatched as ``Fail``. That behaviour lives only here, in
-``IncidentCompleter``, never in ``domain/``.
+``IncidentCompleter``, never in ``domain/``. ``--compare`` runs both, side by side.
+
+The benchmark (scripts/bench/race.py) times ``run_race`` too.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,20 +33,24 @@ import anyio.to_thread
 from eventsourcing.persistence import IntegrityError
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
-from bootstrap import Settings, build_system
+from bootstrap import Settings, System, build_system
 from domain import (
     Applied,
     CurationService,
     Dispatch,
     InvalidTransition,
     JobState,
+    StoreURLError,
     Verdict,
 )
 from domain.cedar import default_policies
 from domain.invocation import Invocation
 from domain.job import CurationJob
 from integrations.session_service import SessionService
+from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_int
+from scripts.cli.output import OneLineParser, emit
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
 # Failures an operator retries after approving decisions; anything else is left as it is.
@@ -176,9 +183,9 @@ def run_race(
             }
             for n in range(config.jobs)
         ]
-        orchestra = Orchestra(svc, specs, config, show=progress)
+        orchestra = Orchestra(system, specs, config, show=progress)
         anyio.run(orchestra.play, dispatcher)
-        return figures(svc, orchestra.job_ids, (permitted, gated), dispatcher, counting, config,
+        return figures(system, orchestra.job_ids, (permitted, gated), dispatcher, counting, config,
                        time.perf_counter() - started)  # fmt: skip
 
 
@@ -186,9 +193,10 @@ class Orchestra:
     """The operators' side of the race: submit, wait, approve, retry, until the jobs run."""
 
     def __init__(
-        self, svc: CurationService, specs: list[dict[str, Any]], config: RaceConfig, show: bool
+        self, system: System, specs: list[dict[str, Any]], config: RaceConfig, show: bool
     ) -> None:
-        self.svc = svc
+        self.svc = system.service
+        self.projections = system.projections
         self.specs = specs
         self.config = config
         self.show = show
@@ -223,8 +231,9 @@ class Orchestra:
         return [self.svc.get(j).state for j in job_ids]
 
     def _approve_and_retry(self) -> int:
-        for decision in self.svc.policies.decisions("pending"):
-            self.svc.policies.approve(decision.id, by=OPERATOR)
+        self.projections.catch_up()
+        for decision in self.projections.decisions("pending"):
+            self.svc.policies.approve(decision.decision_id, by=OPERATOR)
         retried = 0
         for job_id in self.job_ids:
             job = self.svc.get(job_id)
@@ -254,8 +263,13 @@ def wrongly_failed(svc: CurationService, job_id: UUID) -> bool:
     return False
 
 
+def denied(system: System) -> int:
+    system.projections.catch_up()
+    return len(system.projections.decisions())
+
+
 def figures(
-    svc: CurationService,
+    system: System,
     job_ids: list[UUID],
     services: tuple[SessionService, ...],
     dispatcher: Any,
@@ -263,6 +277,7 @@ def figures(
     config: RaceConfig,
     seconds: float,
 ) -> dict[str, Any]:
+    svc = system.service
     jobs = [svc.get(j) for j in job_ids]
     states = [j.state for j in jobs]
     owned = {j.session_id for j in jobs if j.state == JobState.RUNNING}
@@ -281,10 +296,68 @@ def figures(
         "discarded": sum(stats.discarded.values()),
         "discarded_by_reason": dict(sorted(stats.discarded.items())),
         "compensated": stats.compensated,
-        "denied": len(svc.policies.decisions()),
+        "denied": denied(system),
         "orphan_sessions": sum(1 for s in live if s not in owned),
         "timeouts": stats.timeouts,
         "runs": stats.runs,
         "events": svc.recorder.max_notification_id() or 0,
         "seconds": round(seconds, 3),
     }
+
+
+# -- the command ------------------------------------------------------------------------------
+
+RACE_KEYS = (
+    "jobs", "running", "completed", "failed", "wrongly_failed", "stale_completions", "applied",
+    "discarded", "compensated", "denied", "orphan_sessions", "timeouts", "events", "seconds",
+)  # fmt: skip
+
+
+def run_race_command(args: Args) -> int:
+    modes = (False, True) if args.compare else (args.baseline,)
+    if args.compare and args.db:
+        raise StoreURLError(args.db, "--compare runs two fresh SQLite stores; leave out --db")
+    results = [
+        run_race(
+            RaceConfig(jobs=args.jobs, seed=args.seed, baseline=baseline),
+            args.db,
+            progress=sys.stderr.isatty(),
+        )
+        for baseline in modes
+    ]
+    return emit(
+        args.json,
+        results if args.compare else results[0],
+        lambda out, _: out.print(race_table(results)),
+    )
+
+
+def race_table(results: Sequence[Mapping[str, Any]]) -> Table:
+    seed, jobs = results[0]["seed"], results[0]["jobs"]
+    table = Table(title=f"race: {jobs} jobs, seed {seed}", title_justify="left")
+    table.add_column("figure")
+    for result in results:
+        table.add_column(str(result["mode"]), justify="right")
+    for key in RACE_KEYS:
+        table.add_row(key, *(str(r[key]) for r in results))
+    return table
+
+
+HANDLERS: Mapping[str, Handler] = {"race": run_race_command}
+
+
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    race = add_command(
+        sub,
+        common,
+        "race",
+        help="run the incident end to end with real parts (guarded, or --baseline)",
+        description="N jobs submitted at once against two loopback session services; Cedar "
+        "denies one of them until the decisions are approved; slow answers make runs complete "
+        "late. Without --db each run uses a fresh SQLite file under .sequent/.",
+    )
+    race.add_argument("--jobs", type=positive_int, default=10, metavar="N")
+    race.add_argument("--seed", type=int, default=7, metavar="S")
+    mode = race.add_mutually_exclusive_group()
+    mode.add_argument("--baseline", action="store_true", help="the incident's unguarded handling")
+    mode.add_argument("--compare", action="store_true", help="both runs, side by side")

@@ -1,9 +1,9 @@
-"""What the terminal sees, shared by the CLI and the incident demo: plain-JSON encoding, the
-history table, and the error contract (one line on stderr, a documented exit code, never a
-traceback).
+"""What the terminal sees, for every command: the error contract (one line on stderr, a
+documented exit code, never a traceback), JSON on stdout, and the rich helpers the human
+output is built from.
 
-It lives apart from ``cli.py`` so the demo prints and fails exactly like the CLI without the two
-modules importing each other.
+Every command prints through ``emit`` (``--json`` or rich) and fails through
+``reporting_errors``, so a script can rely on the same shapes whichever command it runs.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime
-from enum import Enum
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 from uuid import UUID
 
@@ -33,6 +31,8 @@ from domain import (
     StoreURLError,
     UnknownAction,
 )
+from integrations.module_files import ModuleRejected
+from projections.timeline_records import plain
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command was refused or could not run: see EXIT_STATUS_HELP
@@ -43,7 +43,8 @@ EXIT_STATUS_HELP = """\
 exit status:
   0  done
   1  refused or failed: unknown job, invalid transition (the 409 of sequent), unreachable
-     store, conflicts past the retry bound, a demo fact that did not hold
+     store, conflicts past the retry bound, a demo fact that did not hold, drift found by
+     verify or rebuild (their report is still printed)
   2  bad input: usage errors, malformed JSON, ids or store URLs, unknown actions, invalid
      params, an action offered through the wrong command
 every error is exactly one line on stderr, "sequent: error: ...", and writes nothing"""
@@ -56,10 +57,16 @@ BAD_INPUT: tuple[type[SequentError], ...] = (
     ActionNotAllowedHere,
     StoreURLError,
     InvalidDispatch,
+    ModuleRejected,  # the module file a user named
 )
 
 # The table's aggregate-name styles: what a reader of a timeline should see first.
 EVENT_STYLES: Mapping[str, str] = {"Applied": "green", "Discarded": "yellow", "Failed": "red"}
+
+Render = Callable[[Console, Any], None]
+
+
+# -- the error contract ------------------------------------------------------------------------
 
 
 class UsageError(Exception):
@@ -100,30 +107,52 @@ def reporting_errors(body: Callable[[], int]) -> int:
         return report(exc)
 
 
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON values from what the domain hands out: dataclasses become objects, UUIDs and
-    datetimes strings, enums their values. Anything else is a bug and raises TypeError."""
-    if isinstance(value, Enum):
-        value = value.value
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, UUID | datetime | date):
-        return str(value) if isinstance(value, UUID) else value.isoformat()
+# -- JSON --------------------------------------------------------------------------------------
+
+
+def _encode(value: Any) -> Any:
+    """``json.dumps``' hook for what it cannot encode itself. The values are the audit's
+    (``plain``: UUIDs and datetimes as strings, enums as their values), so ``sequent audit
+    --json`` and every other command agree; the CLI adds only dataclasses (the domain's views,
+    verdicts and reports), as the object of their fields."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [to_jsonable(v) for v in value]
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return plain(value)
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """``value`` as JSON, compact unless indented; anything neither JSON, ``plain`` nor a
+    dataclass raises TypeError."""
+    separators = None if indent else (",", ":")
+    return json.dumps(value, default=_encode, indent=indent, separators=separators)
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as the plain JSON values ``--json`` prints (dicts, lists, strings, numbers)."""
+    return json.loads(json_text(value))
 
 
 def print_json(value: Any, stream: TextIO | None = None) -> None:
-    print(json.dumps(to_jsonable(value), indent=2), file=stream or sys.stdout)
+    print(json_text(value, indent=2), file=stream or sys.stdout)
 
 
-def compact(value: Any) -> str:
-    return json.dumps(to_jsonable(value), separators=(",", ":"))
+def emit(as_json: bool, payload: Any, render: Render) -> int:
+    """Prints a command's result: ``payload`` as JSON, else ``render``'s rich output."""
+    if as_json:
+        print_json(payload)
+    else:
+        render(console(), payload)
+    return EXIT_OK
+
+
+# -- rich --------------------------------------------------------------------------------------
+
+
+def console() -> Console:
+    """Rich output on stdout. Piped output gets 120 columns rather than rich's 80, unless
+    $COLUMNS says otherwise, so a saved timeline stays readable."""
+    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if wide else 120)
 
 
 def short(value: UUID | str | None) -> str:
@@ -143,14 +172,28 @@ def _brief_value(value: Any) -> str:
         return short(value)
     if isinstance(value, str) and " " not in value:
         return value
-    return compact(value)
+    return json_text(value)
 
 
-def console() -> Console:
-    """Rich output on stdout. Piped output gets 120 columns rather than rich's 80, unless
-    $COLUMNS says otherwise, so a saved timeline stays readable."""
-    wide = sys.stdout.isatty() or "COLUMNS" in os.environ
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if wide else 120)
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A titled table of text cells ("-" for None); cells are Text, never rich markup."""
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*(Text("-" if v is None else str(v)) for v in row))
+    return out
+
+
+def fields_table(title: str, fields: Mapping[str, Any]) -> Table:
+    """One row per field: its name and its value ("-" for None, compact JSON unless text)."""
+    out = Table(title=title, title_justify="left", show_header=False)
+    out.add_column("field", style="bold", no_wrap=True)
+    out.add_column("value", overflow="fold")
+    for name, value in fields.items():
+        text = "-" if value is None else value if isinstance(value, str) else json_text(value)
+        out.add_row(name, Text(text))
+    return out
 
 
 def history_table(
@@ -158,13 +201,13 @@ def history_table(
 ) -> Table:
     """One row per event. ``labels`` names aggregates (e.g. "invocation A") instead of their
     kind; cells are Text so event data is never read as rich markup."""
-    table = Table(title=title, title_justify="left")
+    out = Table(title=title, title_justify="left")
     for column in ("aggregate", "id", "event", "v", "time"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("data", overflow="fold")
+        out.add_column(column, no_wrap=True)
+    out.add_column("data", overflow="fold")
     for e in entries:
         label = (labels or {}).get(e.aggregate_id, e.aggregate)
-        table.add_row(
+        out.add_row(
             Text(label),
             Text(short(e.aggregate_id)),
             Text(e.name, style=EVENT_STYLES.get(e.name, "")),
@@ -172,15 +215,4 @@ def history_table(
             Text(e.timestamp.strftime("%H:%M:%S.%f")[:-3]),
             Text(brief(e.data)),
         )
-    return table
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1, or a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+    return out

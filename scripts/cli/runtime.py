@@ -1,0 +1,84 @@
+"""``sequent invoke`` (one module, once, in the sandbox) and ``sequent worker`` (a dispatcher
+process): the commands that run integrations, so they wire the whole system through
+``bootstrap.build_system`` rather than the store alone."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+
+from bootstrap import build_system
+from integrations.host import NoNetwork
+from integrations.invoke import invoke_module, sample_input
+from integrations.limits import SandboxLimits
+from scripts.cli.args import Args, Handler, Subcommands, add_command, json_value, positive_int
+from scripts.cli.output import OneLineParser, emit, fields_table
+from scripts.cli.root import settings
+from scripts.cli.signals import stop_on_signals
+
+
+def run_invoke(args: Args) -> int:
+    job_input = args.input if args.input is not None else sample_input()
+    limits = SandboxLimits(
+        fuel=args.fuel or SandboxLimits.fuel,
+        wall_clock_seconds=args.timeout or SandboxLimits.wall_clock_seconds,
+    )
+    if args.no_network:  # no store, no Cedar, no session client: nothing to wire
+        result = invoke_module(args.module, job_input, NoNetwork(), limits)
+    else:
+        with build_system(settings(args, module=args.module, limits=limits)) as system:
+            job = job_input.get("job", {}) if isinstance(job_input, dict) else {}
+            host = system.runner.host_for(
+                str(job.get("id", "")), str(job_input.get("invocation_id", ""))
+            )
+            result = system.runtime.run(system.module, job_input, host, limits)
+    return emit(args.json, result.to_json(), render_invoke)
+
+
+def render_invoke(out: Console, payload: Mapping[str, Any]) -> None:
+    out.print(fields_table("sandbox run", payload))
+
+
+def run_worker(args: Args) -> int:
+    with build_system(settings(args)) as system:
+        dispatcher = system.dispatcher(
+            concurrency=args.concurrency,
+            lease=timedelta(seconds=args.lease),
+            worker_id=args.worker_id,
+        )
+        if args.once:
+            anyio.run(dispatcher.run_once)
+        else:
+            anyio.run(dispatcher.run, stop_on_signals().is_set)
+        stats = asdict(dispatcher.stats)
+    return emit(
+        args.json, stats, lambda out, _: out.print(" ".join(f"{k}={v}" for k, v in stats.items()))
+    )
+
+
+HANDLERS: Mapping[str, Handler] = {"invoke": run_invoke, "worker": run_worker}
+
+
+def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
+    invoke = add_command(sub, common, "invoke", help="run one module once in the sandbox")
+    invoke.add_argument("--module", type=Path, required=True, metavar="FILE", help=".wasm or .wat")
+    invoke.add_argument("--input", type=json_value, default=None, metavar="JSON")
+    invoke.add_argument("--fuel", type=positive_int, default=None)
+    invoke.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    invoke.add_argument(
+        "--no-network",
+        action="store_true",
+        help="answer every http_call 'denied' instead of asking Cedar and calling out",
+    )
+
+    worker = add_command(sub, common, "worker", help="run a dispatcher against --db")
+    worker.add_argument("--concurrency", type=positive_int, default=16)
+    worker.add_argument("--lease", type=float, default=60.0, metavar="SECONDS")
+    worker.add_argument("--worker-id", default=None)
+    worker.add_argument("--once", action="store_true", help="run what is pending, then exit")

@@ -1,0 +1,49 @@
+"""Plain fakes that stand in for one part while every other part stays real: a runner without a
+sandbox, a service that lets a test interleave another writer, and the count of stored events
+(the measure of "nothing was written")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from domain import CurationService, Dispatch
+from domain.job import CurationJob
+from integrations.dispatcher import RunOutcome
+
+
+def event_count(service: CurationService) -> int:
+    """All events in the store: the measure of "nothing was written"."""
+    return service.recorder.max_notification_id() or 0
+
+
+@dataclass(frozen=True)
+class FixedRunner:
+    """A dispatcher's runner without a sandbox: every run comes to ``outcome``."""
+
+    outcome: RunOutcome
+    module_sha256: str = "f" * 64
+
+    def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
+        return self.outcome
+
+
+class InterleavingService(CurationService):
+    """A CurationService whose next job load runs ``interleave`` once, in this thread."""
+
+    interleave: Callable[[], object] | None = None
+
+    def _job(self, job_id: UUID) -> CurationJob:
+        job = super()._job(job_id)
+        hook, self.interleave = self.interleave, None
+        if hook is not None:
+            hook()
+        return job
+
+
+def open_interleaving(url: str) -> InterleavingService:
+    service = InterleavingService.open(url)
+    assert isinstance(service, InterleavingService)
+    return service
