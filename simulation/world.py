@@ -34,7 +34,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -99,8 +99,8 @@ OPERATOR = {  # action -> (params, weight)
     "Configure": ({"settings": {"depth": 2}}, 1),
 }
 UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-# Garbled dispatches the service refuses with InvalidDispatch (invariant 6).
-GARBLES = ("job",)
+# What a garbled dispatch gets wrong; the service refuses each with InvalidDispatch (invariant 6).
+GARBLES = ("job", "expected_version", "attempt")
 
 
 def pick(rng: random.Random, weighted: tuple[tuple[Any, int], ...]) -> Any:
@@ -251,9 +251,11 @@ class World:
 
     def approve(self) -> str:
         decision_id = self.rng.choice(list(self.decisions))
-        url = self.decisions.pop(decision_id)
+        url = self.decisions[decision_id]
         self.service.policies.approve(decision_id, by="operator")
         self.model.permitted.add(url)
+        # Approving settles every decision pending for the same request.
+        self.decisions = {d: u for d, u in self.decisions.items() if u != url}
         return f"operator approves a denial: {SERVICES[url]} permitted"
 
     # -- actions: workers --------------------------------------------------------------------
@@ -437,7 +439,7 @@ class World:
             [("SessionSpawned", {"session_id": "forged"}), ("Fail", {"reason": "module_error"})]
         )
         runs = list(self.model.runs.values())
-        if len(self.model.jobs) > 1 and runs and self.rng.random() < 0.5:
+        if runs and self.rng.random() < 0.5:
             return self._garble(self.rng.choice(runs), action, params)
         forged = Dispatch(job_id, uuid4(), job.version, job.attempt)
         expected = self.model.deliver(forged, action, params, self.clock.now)
@@ -450,9 +452,15 @@ class World:
         """The dispatch of a real run with one field changed: refused, and nothing written,
         so the genuine completion still gets its verdict (invariant 6)."""
         genuine = run.dispatch
-        what = self.rng.choice(GARBLES)
-        other = next(j for j in self.model.jobs if j != genuine.job_id)
-        garbled = Dispatch(other, genuine.invocation_id, genuine.expected_version, genuine.attempt)
+        others = [j for j in self.model.jobs if j != genuine.job_id]
+        what = self.rng.choice([g for g in GARBLES if others or g != "job"])
+        garbled = {
+            "job": lambda: replace(genuine, job_id=self.rng.choice(others)),
+            "expected_version": lambda: replace(
+                genuine, expected_version=genuine.expected_version + self.rng.choice((-1, 1))
+            ),
+            "attempt": lambda: replace(genuine, attempt=genuine.attempt + 1),
+        }[what]()
         head = self.service.recorder.max_notification_id()
         try:
             verdict = self.service.complete(garbled, action, params)

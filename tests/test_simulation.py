@@ -15,6 +15,7 @@ import domain.guard
 import domain.service
 import integrations.dispatcher
 from domain import CurationService, Dispatch
+from domain.invocation import Invocation
 from integrations.reconcile import Reconciler, ReconcileReport
 from projections import Projections
 from simulation import run_seed, simulate
@@ -157,6 +158,18 @@ def test_compensating_a_duplicate_would_stop_the_session_its_job_holds(
     applied; the compensation must leave it to the job."""
     monkeypatch.setattr(integrations.dispatcher, "holds_session", lambda *a: False)
     found = first_violation()
-    assert found is not None  # seed 6: a run taken over after its lease completes again
+    assert found is not None  # seed 2: a run taken over after its lease completes again
     assert found[1].startswith("invariant 4")
     assert "which was stopped" in found[1]
+
+
+def test_without_the_dispatch_check_a_garbled_completion_settles_a_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unchecked(self: Invocation, dispatch: Dispatch, job_id: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Invocation, "check_dispatch", unchecked)
+    found = first_violation()
+    assert found is not None  # seed 2: a dispatch naming another job is recorded as a discard
+    assert found[1].startswith("invariant 6")
