@@ -172,11 +172,11 @@ class World:
         """Drives every run left to its verdict (no more faults), lets time pass beyond the
         grace period, reconciles, and checks that exactly the sessions jobs hold are live."""
         for _ in range(4 * len(self.model.runs) + 4):
-            for worker in self.workers:
-                while worker.answered:
-                    self._do(self.deliver, worker, 0, "once")
+            for worker in self.workers:  # nothing left in any worker's hands
                 while worker.claimed:
                     self._do(self.run, worker, 0, RunFault.NONE)
+                while worker.answered:
+                    self._do(self.deliver, worker, 0, "once")
             if not any(not r.finished for r in self.model.runs.values()):
                 break
             self._do(self.advance, LEASE + timedelta(seconds=1))  # the leases of the dead run out

@@ -123,7 +123,7 @@ def test_without_fencing_a_retried_run_makes_a_second_session(
 
     monkeypatch.setattr(SimulatedRunner, "fencing_key", no_key)
     found = first_violation()
-    assert found is not None  # seed 1: a run taken over after its POST posts again
+    assert found is not None  # seed 2: a run taken over after a crash after its POST posts again
     assert found[1].startswith("invariant 4")
     assert "sessions (no fencing)" in found[1]
 
@@ -158,7 +158,7 @@ def test_compensating_a_duplicate_would_stop_the_session_its_job_holds(
     applied; the compensation must leave it to the job."""
     monkeypatch.setattr(integrations.dispatcher, "holds_session", lambda *a: False)
     found = first_violation()
-    assert found is not None  # seed 2: a run taken over after its lease completes again
+    assert found is not None  # seed 20: a run taken over after its lease completes again
     assert found[1].startswith("invariant 4")
     assert "which was stopped" in found[1]
 
