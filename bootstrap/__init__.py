@@ -2,11 +2,13 @@
 
 ``Settings`` (settings.py) says where the store is, where sequent keeps its state, which guest
 module runs, the sandbox limits, how stale a cached policy set may be and how long an outbound
-HTTP call may take; ``Settings.from_env()`` reads them from the environment. Two builders:
+HTTP call may take; ``Settings.from_env()`` reads them from the environment. Three builders:
 ``open_service(settings)`` (service.py) opens the event store alone (job commands, audit, read
-models); ``build_system(settings)`` (system.py) wires the whole system around it (sandbox, Cedar
-authorizer, session client, dispatcher, read models). Every entry point starts here: each CLI
-command, the worker, the race, the demo, the benchmark, and the tests.
+models); ``open_reconciler(settings)`` (reconciler.py) adds a session client to it, for
+reconciliation; ``build_system(settings)`` (system.py) wires the whole system around it
+(sandbox, Cedar authorizer, session client, dispatcher with its reconciler, read models). Every
+entry point starts here: each CLI command, the worker, the race, the demo, the benchmark, and
+the tests.
 
 May import ``domain``, ``integrations`` and ``projections``; only ``scripts`` and ``tests``
 import it.
@@ -14,13 +16,14 @@ import it.
 
 from typing import TYPE_CHECKING, Any
 
+from bootstrap.reconciler import open_reconciler
 from bootstrap.service import open_service
 from bootstrap.settings import Settings
 
 if TYPE_CHECKING:
     from bootstrap.system import System, build_system
 
-__all__ = ["Settings", "System", "build_system", "open_service"]
+__all__ = ["Settings", "System", "build_system", "open_reconciler", "open_service"]
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,7 @@ class System:
 
     @property
     def reconciler(self) -> Reconciler:
-        """Stops and records the sessions no job holds (``sequent reconcile``, and workers)."""
+        """Stops and records the sessions no job holds: the workers' periodic pass."""
         return Reconciler(self.service, self.client)
 
     def dispatcher(self, *, completer: Completer | None = None, compensate: bool = True,

@@ -27,7 +27,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "integrations": frozenset({"domain"}),
     "projections": frozenset({"domain"}),
     "bootstrap": frozenset({"domain", "integrations", "projections"}),
-    "scripts": frozenset({"bootstrap", "domain", "integrations", "projections"}),
+    "scripts": frozenset({"bootstrap", "domain", "integrations", "projections", "simulation"}),
     "simulation": frozenset({"domain", "integrations"}),
 }
 

@@ -58,12 +58,6 @@ def test_the_orphan_rule_in_order(
 
 
 @pytest.fixture
-def sessions() -> Iterator[SessionService]:
-    with SessionService(seed=5) as service:
-        yield service
-
-
-@pytest.fixture
 def client() -> Iterator[SessionClient]:
     with SessionClient(timeout=5.0) as c:
         yield c

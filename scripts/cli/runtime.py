@@ -51,6 +51,7 @@ def run_worker(args: Args) -> int:
             concurrency=args.concurrency,
             lease=timedelta(seconds=args.lease),
             worker_id=args.worker_id,
+            reconcile_interval=args.reconcile_every or None,
         )
         if args.once:
             anyio.run(dispatcher.run_once)
@@ -82,3 +83,10 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
     worker.add_argument("--lease", type=float, default=60.0, metavar="SECONDS")
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--once", action="store_true", help="run what is pending, then exit")
+    worker.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop and record the sessions no job holds this often (0: never)",
+    )
