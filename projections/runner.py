@@ -294,10 +294,17 @@ class Projections:
     def discarded(self, job_id: str | None = None) -> list[AuditRow]:
         return self.audit(job_id, verdict="discarded")
 
-    def decisions(self, status: str | None = None, job_id: str | None = None) -> list[DecisionRow]:
-        """Every Cedar decision (oldest request first), or those with ``status`` and/or of the
-        job ``job_id``."""
+    def decisions(
+        self,
+        status: str | None = None,
+        job_id: str | None = None,
+        decision_id: str | None = None,
+    ) -> list[DecisionRow]:
+        """Every Cedar decision (oldest request first), or those with ``status``, of the job
+        that asked for it (``job_id``), or the one ``decision_id``."""
         where: dict[str, Any] = {}
+        if decision_id is not None:
+            where["decision_id"] = str(decision_id)
         if status is not None:
             if status not in DECISION_STATUSES:
                 raise UnknownFilter("decision status", status, DECISION_STATUSES)

@@ -215,7 +215,10 @@ class Timeline:
         read_models.catch_up(READ_MODELS)
         for history in _unrecognised(svc, read_models, job_uuid, {str(i) for i in started}):
             invocations.append(InvocationRecord.of(label_for(len(invocations)), history))
-        decisions = _decisions(svc, read_models, job_uuid)
+        named = {
+            events[i].data.get("decision_id") for i, e in enumerate(stored) if e.topic == JOB_FAILED
+        }
+        decisions = _decisions(svc, read_models, job_uuid, {str(d) for d in named if d})
         return cls(svc, job_uuid, events, invocations, decisions, missing)
 
     # -- time travel --------------------------------------------------------------------------
@@ -422,12 +425,17 @@ def _unrecognised(
 
 
 def _decisions(
-    svc: CurationService, read_models: Projections, job_id: UUID
+    svc: CurationService, read_models: Projections, job_id: UUID, named: set[str]
 ) -> list[DecisionRecord]:
-    """The Cedar decisions about this job as the decisions read model has them, in the order
-    they were requested, each with its events up to the version its row has folded (so a
-    decision approved since the catch-up shows as the row does, and row and events agree)."""
+    """The Cedar decisions about this job as the decisions read model has them — those it asked
+    for, and those its failures name (a denial joins the decision another job's denial of the
+    same request opened) — in the order they were requested, each with its events up to the
+    version its row has folded (so a decision approved since the catch-up shows as the row
+    does, and row and events agree)."""
     rows = read_models.decisions(job_id=str(job_id))
+    asked = {r.decision_id for r in rows}
+    for decision_id in sorted(named - asked):
+        rows += read_models.decisions(decision_id=decision_id)
     rows.sort(key=lambda r: (r.requested_at or "", r.decision_id))
     records: list[DecisionRecord] = []
     for row in rows:
