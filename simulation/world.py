@@ -45,13 +45,7 @@ from domain.log import log_reader
 from domain.orphan import DEFAULT_GRACE, OrphanSession, orphan_id
 from domain.transitions import STATE_TIMEOUTS
 from integrations.authorizer import CedarAuthorizer
-from integrations.dispatcher import (
-    Completer,
-    Completion,
-    Dispatcher,
-    Run,
-    RunOutcome,
-)
+from integrations.dispatcher import Completer, Completion, Dispatcher, Run, RunOutcome
 from integrations.reconcile import Reconciler
 from integrations.session_client import SESSION_SERVICE_KEY
 from simulation.clock import VirtualClock
@@ -98,9 +92,9 @@ OPERATOR = {  # action -> (params, weight)
     "RepairRequired": ({"defects": ["typo"]}, 1),
     "Configure": ({"settings": {"depth": 2}}, 1),
 }
-UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What a garbled dispatch gets wrong; the service refuses each with InvalidDispatch (invariant 6).
 GARBLES = ("job", "expected_version", "attempt")
+UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def pick(rng: random.Random, weighted: tuple[tuple[Any, int], ...]) -> Any:
