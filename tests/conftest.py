@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bootstrap import Settings, open_service
 from domain import CurationService
 from integrations.session_service import SessionService
 from scripts import cli
@@ -115,7 +116,8 @@ def sessions() -> Iterator[SessionService]:
 
 @pytest.fixture
 def svc(store_url: str) -> Iterator[CurationService]:
-    service = CurationService.open(store_url)
+    """The service as every entry point opens it: through the composition root."""
+    service = open_service(Settings(store_url=store_url))
     yield service
     service.close()
 

@@ -31,7 +31,7 @@ from domain import (
     StoreURLError,
     UnknownAction,
 )
-from integrations.runtime import ModuleRejected
+from integrations.module_files import ModuleRejected
 from projections.timeline_records import plain
 
 EXIT_OK = 0
