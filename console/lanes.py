@@ -25,7 +25,7 @@ STATE_AFTER_EVENT: Mapping[str, str] = {t.event: str(t.target) for t in TRANSITI
 # event, one "N more" cell and its last, as ``sequent audit`` does.
 COLLAPSE_RUNS = 10
 DATA_CHARS = 240  # of an event's data shown in a cell; the audit JSON has all of it
-MESSAGE_CHARS = 120
+MESSAGE_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def _run_cell(anchor: str, name: str, data: Mapping[str, Any]) -> Cell:
 def _uid_name(uid: object) -> str:
     """``HttpEndpoint::"http://h:80/sessions"`` -> ``http://h:80/sessions`` (Cedar's entity id)."""
     text = str(uid)
-    head, sep, quoted = text.partition('::"')
+    _, sep, quoted = text.partition('::"')
     return quoted[:-1] if sep and quoted.endswith('"') else text
 
 

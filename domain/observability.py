@@ -18,6 +18,12 @@ class Metric:
     name: str  # without the _total a client adds to a counter's sample
     help: str
     labels: tuple[str, ...] = ()
+    kind: str = "counter"  # counter | gauge | histogram
+
+    @property
+    def exposed(self) -> str:
+        """The name scrapers see: a counter's samples end in ``_total``."""
+        return f"{self.name}_total" if self.kind == "counter" else self.name
 
 
 COMPLETIONS: Final = Metric(
@@ -29,6 +35,7 @@ INVOCATION_DURATION: Final = Metric(
     "sequent_invocation_duration_seconds",
     "Wall-clock seconds of one sandbox run of an invocation (claim to outcome, excluding the "
     "completion).",
+    kind="histogram",
 )
 SANDBOX_FAILURES: Final = Metric(
     "sequent_sandbox_failures",
@@ -48,19 +55,21 @@ ORPHANS: Final = Metric(
     "sequent_orphans",
     "Sessions a discarded completion left behind that no compensation stopped.",
 )
-JOBS: Final = Metric("sequent_jobs", "Jobs by their current state.", ("state",))
+JOBS: Final = Metric("sequent_jobs", "Jobs by their current state.", ("state",), "gauge")
 DECISIONS: Final = Metric(
-    "sequent_decisions", "Cedar authorization decisions by status.", ("status",)
+    "sequent_decisions", "Cedar authorization decisions by status.", ("status",), "gauge"
 )
 PROJECTION_LAG_EVENTS: Final = Metric(
     "sequent_projection_lag_events",
     "Notifications between a read model's position and the head of the log.",
     ("projection",),
+    "gauge",
 )
 PROJECTION_LAG_SECONDS: Final = Metric(
     "sequent_projection_lag_seconds",
     "Age of the oldest notification a read model has not applied yet (0 when at the head).",
     ("projection",),
+    "gauge",
 )
 
 # The verdict label's values: dispatch_audit's words, lower case.

@@ -17,16 +17,15 @@ the user's choice: an SDK set up in-process or by ``opentelemetry-instrument``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from threading import Thread
-from time import perf_counter
 from typing import Any
 from uuid import UUID
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
@@ -45,9 +44,19 @@ STEP_SPANS: Mapping[Step, str] = {
 }
 
 
+# Made once: before a provider is installed this is the API's proxy, which hands every span to
+# the provider installed later (an SDK set up after import, opentelemetry-instrument).
+_TRACER = trace.get_tracer(o.TRACER_NAME)
+
+
 def tracer() -> trace.Tracer:
-    """sequent's tracer from the provider installed now (the API's proxy follows a later one)."""
-    return trace.get_tracer(o.TRACER_NAME)
+    return _TRACER
+
+
+def tracing() -> bool:
+    """Whether a tracer provider (an SDK) is installed. Without one every span is the API's
+    no-op and entering it the only cost (tens of microseconds a run), so runs skip them."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def verdict_labels(verdict: Verdict) -> tuple[str, str]:
@@ -83,9 +92,12 @@ class Telemetry:
 
     @contextmanager
     def run(self, invocation_id: UUID) -> Iterator[ObservedRun]:
-        attributes = {o.INVOCATION_ID: str(invocation_id)}
+        attributes: dict[str, Any] = {o.INVOCATION_ID: str(invocation_id)}
+        if not tracing():
+            yield ObservedRun(self, INVALID_SPAN, attributes, traced=False)
+            return
         with tracer().start_as_current_span(o.RUN_SPAN, attributes=attributes) as span:
-            yield ObservedRun(self, span, attributes)
+            yield ObservedRun(self, span, attributes, traced=True)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
         """Serves this registry as Prometheus text on http://host:port/metrics until closed."""
@@ -120,9 +132,12 @@ class MetricsServer:
 class ObservedRun:
     """One run: its span, the step span open now, and when its lease runs out."""
 
-    def __init__(self, telemetry: Telemetry, span: Span, attributes: dict[str, Any]) -> None:
+    def __init__(
+        self, telemetry: Telemetry, span: Span, attributes: dict[str, Any], *, traced: bool
+    ) -> None:
         self.telemetry = telemetry
         self.span = span
+        self.traced = traced
         self.attributes = attributes  # what every span of the run carries, once known
         self.lease_until: datetime | None = None
         self._step: Span | None = None
@@ -131,16 +146,17 @@ class ObservedRun:
     def _step_span(self, name: Step) -> Iterator[Span]:
         with tracer().start_as_current_span(STEP_SPANS[name], attributes=self.attributes) as span:
             self._step = span
-            started = perf_counter()
             try:
-                yield span
+                with self._timed(name):
+                    yield span
             finally:
                 self._step = None
-                if name == "sandbox":
-                    self.telemetry.duration.observe(perf_counter() - started)
+
+    def _timed(self, name: Step) -> AbstractContextManager[object]:
+        return self.telemetry.duration.time() if name == "sandbox" else nullcontext()
 
     def step(self, name: Step) -> AbstractContextManager[object]:
-        return self._step_span(name)
+        return self._step_span(name) if self.traced else self._timed(name)
 
     def _set(self, attributes: Mapping[str, Any]) -> None:
         """On the run's span and on the step's (so each step span reads on its own)."""
@@ -221,5 +237,8 @@ def http_call_span(
         o.INVOCATION_ID: invocation_id,
         o.ATTEMPT: attempt,
     }
+    if not tracing():
+        yield HttpCallSpan(INVALID_SPAN)
+        return
     with tracer().start_as_current_span(o.HTTP_CALL_SPAN, attributes=attributes) as span:
         yield HttpCallSpan(span)

@@ -5,6 +5,7 @@ Zig guest in wasmtime, Cedar, the loopback session service)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bootstrap import Settings, System, build_system
 from domain import CurationService, Dispatch
+from domain import observability as o
 from domain.cedar import default_policies
 from integrations.session_service import SessionService
 from integrations.telemetry import Telemetry
@@ -223,3 +225,10 @@ def test_sequent_worker_serves_its_metrics_until_it_stops(shared_store_url: str)
     assert '"runs": 0' in out
     with pytest.raises(httpx.ConnectError):
         httpx.get(url, timeout=2)
+
+
+def test_the_readme_names_every_metric_and_no_other() -> None:
+    exposed = {m.exposed for m in vars(o).values() if isinstance(m, o.Metric)}
+    readme = (CHECKOUT / "README.md").read_text()
+    table = readme[readme.index("| metric | type |") : readme.index("After `sequent race")]
+    assert set(re.findall(r"^\| `(sequent_\w+)`", table, re.MULTILINE)) == exposed
