@@ -104,7 +104,8 @@ def lanes_of(audit: Mapping[str, Any]) -> Lanes:
             add(lane, e, cell)
     if audit["decisions"]:
         lane = len(lanes)
-        lanes.append(Lane("cedar", "Cedar", f"{len(audit['decisions'])} decisions", "lane-cedar"))
+        count = len(audit["decisions"])
+        lanes.append(Lane("cedar", "Cedar", f"{count} decision{'s' * (count != 1)}", "lane-cedar"))
         for n, decision in enumerate(audit["decisions"], 1):
             for e in decision["events"]:
                 add(lane, e, _decision_cell(n, decision, e, labels))

@@ -50,6 +50,16 @@ def _whole(name: str, value: str | None, default: int, low: int = 1) -> int:
     return number
 
 
+def _version(value: str | None) -> int | None:
+    """``?at=``: any whole number (the timeline says which it has: VersionOutOfRange)."""
+    if value in (None, ""):
+        return None
+    try:
+        return int(str(value))
+    except ValueError:
+        raise BadQuery("at", str(value), "a whole number (a version of the job)") from None
+
+
 # -- / -----------------------------------------------------------------------------------------
 
 
@@ -65,7 +75,9 @@ class JobsPage:
 
 
 def jobs_page(p: Projections, state: str | None, page: str | None) -> JobsPage:
-    """Jobs newest first (by their last event), ``PAGE_SIZE`` a page, optionally of one state."""
+    """Jobs newest first (by their last event), ``PAGE_SIZE`` a page, optionally of one state.
+    The counts need every row anyway, so the page is cut from them here (the read models'
+    query API has no paging)."""
     wanted = _choice("state", state, STATES)
     number = _whole("page", page, 1)
     rows = p.jobs()
@@ -101,8 +113,7 @@ def job_audit(svc: CurationService, p: Projections, job_id: str, at: str | None)
     """The job's audit JSON, as ``sequent audit JOB --json [--at V]`` prints it. MalformedId,
     JobNotFound and VersionOutOfRange for what names nothing (the 404s)."""
     timeline = Timeline.load(svc, job_id, p)
-    version = None if at in (None, "") else _whole("at", at, 1, low=-(2**63))
-    return timeline.to_json(at=version)
+    return timeline.to_json(at=_version(at))
 
 
 def job_page(svc: CurationService, p: Projections, job_id: str, at: str | None) -> JobPage:

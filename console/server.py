@@ -4,6 +4,10 @@ The socket is bound here, not by uvicorn, so that ``--port 0`` gives a free port
 known (and printed) before the first request, and so that a port already taken is a one-line
 error rather than a server log. uvicorn shuts down gracefully on SIGTERM and SIGINT (it
 finishes the requests in flight, then returns).
+
+On loopback the console answers only requests addressed to a loopback name: a web page in the
+same person's browser cannot point a name of its own at 127.0.0.1 (DNS rebinding) and read
+the jobs through it.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import ipaddress
 import socket
 
 import uvicorn
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp
 
 from domain import SequentError
 
 GRACEFUL_SECONDS = 5
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 class ServeFailed(SequentError):
@@ -37,9 +43,11 @@ class ConsoleServer:
     """An ASGI app on ``host:port`` (port 0: any free one); ``url`` is known once made."""
 
     def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8080) -> None:
-        self.app = app
         self.host = host
         self.socket = self._bind(host, port)
+        if is_loopback(host):
+            app = TrustedHostMiddleware(app, allowed_hosts=[*LOOPBACK_NAMES, host])
+        self.app = app
         config = uvicorn.Config(
             app,
             log_level="warning",

@@ -56,6 +56,9 @@ def test_serve_prints_its_url_serves_the_pages_and_stops_on_sigterm(
         assert "Queued" in page.text
         assert httpx.get(f"{url}jobs/{job_id}x", timeout=10).status_code == 404
         assert "sequent_jobs" in httpx.get(f"{url}metrics", timeout=10).text
+        rebound = httpx.get(url, headers={"Host": "attacker.example"}, timeout=10)
+        assert rebound.status_code == 400, "a loopback console answers loopback names only"
+        assert httpx.get(url.replace("127.0.0.1", "localhost"), timeout=10).status_code == 200
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=STOP_SECONDS)
