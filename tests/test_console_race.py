@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from projections import Projections
 from projections.schema import AuditRow
 from scripts.cli.race import RaceConfig, run_race
+from tests.support import browser as browser_setup
 from tests.support.browser import LAUNCH_ARGS, keep_artefact
 from tests.support.console import serving
 
@@ -173,3 +174,35 @@ def test_metrics_after_a_race_are_its_completions_by_verdict_and_reason(raced: R
     for name in projections.names:
         assert samples[("sequent_projection_lag_events", (("projection", name),))] >= 0
         assert ("sequent_projection_lag_seconds", (("projection", name),)) in samples
+
+
+# -- the browser's set-up ---------------------------------------------------------------------
+
+
+def test_a_failed_browser_install_is_tried_once_and_told_to_every_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tries: list[int] = []
+
+    def install() -> str:
+        tries.append(1)
+        return "apt-get install -y chromium exited 100: E: Unable to locate package chromium"
+
+    monkeypatch.setattr(browser_setup, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setattr(browser_setup, "_install", install)
+    first = browser_setup.ensure_chromium(tmp_path / "lock")
+    second = browser_setup.ensure_chromium(tmp_path / "lock")  # another worker, same run
+    assert first == second
+    assert first is not None
+    assert "Unable to locate package" in first
+    assert tries == [1]
+
+
+def test_an_installed_browser_needs_no_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    present = tmp_path / "chromium"
+    present.touch()
+    monkeypatch.setattr(browser_setup, "CHROMIUM", present)
+    monkeypatch.setattr(browser_setup, "_install", lambda: pytest.fail("installed again"))
+    assert browser_setup.ensure_chromium(tmp_path / "lock") is None
