@@ -31,7 +31,14 @@ from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
-from domain.store_errors import MAX_CONFLICT_RETRIES, bound_waits, retrying, store_call
+from domain.store_errors import (
+    BACKOFF,
+    MAX_CONFLICT_RETRIES,
+    Backoff,
+    bound_waits,
+    retrying,
+    store_call,
+)
 from domain.store_url import StoreConfig, default_url, parse_store_url, postgres_options
 from domain.transitions import (
     COMPLETION_ACTIONS,
@@ -72,6 +79,7 @@ class CurationService(Application[UUID]):
     name = "Sequent"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {CurationJob: SNAPSHOT_INTERVAL}
     max_conflict_retries = MAX_CONFLICT_RETRIES
+    conflict_backoff: Backoff = BACKOFF
 
     def __init__(self, env: Mapping[str, str] | None = None, *, url: str = "memory://") -> None:
         super().__init__(env)
@@ -331,7 +339,7 @@ class CurationService(Application[UUID]):
         )
 
     def _retrying(self, what: str, once: Callable[[], T]) -> T:
-        return retrying(self.url, what, once, self.max_conflict_retries)
+        return retrying(self.url, what, once, self.max_conflict_retries, self.conflict_backoff)
 
     def _store_call(self) -> AbstractContextManager[None]:
         return store_call(self.url)

@@ -48,6 +48,7 @@ class AuthorizedHost:
         self.job_id = job_id
         self.invocation_id = invocation_id
         self.attempt = attempt
+        self.denial: str | None = None  # why the last denied call was denied, in Cedar's terms
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
         method = str(request.get("method", ""))
@@ -65,6 +66,7 @@ class AuthorizedHost:
         )
         span.decided(decision)
         if not decision.allowed:
+            self.denial = decision.reason
             return guest_error("denied", decision.reason, decision.decision_id)
         # The guest's own Host, fencing and hop-by-hop headers were dropped when its request was
         # read (host.guest_headers); httpx sets Host from the URL Cedar checked. The key is the
@@ -85,19 +87,27 @@ class AuthorizedHost:
         log.log(python_level, "%s[%s]: %s", self.integration, self.invocation_id[:8], message)
 
 
-def outcome_of(result: RunResult) -> RunOutcome:
+def outcome_of(result: RunResult, denial: str | None = None) -> RunOutcome:
     """A sandbox result in the declaration's terms. The host's own record of a denial or an
-    HTTP failure wins over whatever kind the guest claims."""
+    HTTP failure wins over whatever kind the guest claims, and a denial is told in the host's
+    words (``denial``), not the guest's. The message never starts with the kind: the one
+    who reports the failure names the kind once (``failure_params``: "denied: …"), and the
+    runtime's message for a guest's error is already "<guest kind>: <guest message>"."""
     if result.outcome == "ok":
         return RunOutcome(ok=result.output)
-    guest_kind = (result.output or {}).get("kind") if result.outcome == "error" else None
-    message = result.message or str((result.output or {}).get("message", ""))
+    output = (result.output or {}) if result.outcome == "error" else {}
+    guest_kind = output.get("kind")
+    kind = result.error_kind or (guest_kind if isinstance(guest_kind, str) else None)
+    if kind == "denied" and denial is not None:
+        message = denial
+    elif output:
+        message = str(output.get("message", ""))
+    else:
+        message = result.message
+    # The host's own words may quote what no store can hold (a trap names the guest's
+    # functions); they are recorded with it escaped, never refused.
     return RunOutcome(
-        error_kind=result.error_kind or (guest_kind if isinstance(guest_kind, str) else None),
-        # The host's own words may quote what no store can hold (a trap names the guest's
-        # functions); they are recorded with it escaped, never refused.
-        message=escape_unstorable(message),
-        decision_id=result.decision_id,
+        error_kind=kind, message=escape_unstorable(message), decision_id=result.decision_id
     )
 
 
@@ -138,7 +148,8 @@ class SandboxRunner:
 
     def __call__(self, dispatch: Dispatch, job_input: dict[str, Any]) -> RunOutcome:
         host = self.host_for(str(dispatch.job_id), str(dispatch.invocation_id), dispatch.attempt)
-        return outcome_of(self.runtime.run(self.module, job_input, host, self.limits))
+        result = self.runtime.run(self.module, job_input, host, self.limits)
+        return outcome_of(result, host.denial)
 
 
 class SessionStopper:
