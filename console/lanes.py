@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -89,10 +89,8 @@ def lanes_of(audit: Mapping[str, Any]) -> Lanes:
 
     def add(lane: int, e: Mapping[str, Any], cell: Cell) -> None:
         when = datetime.fromisoformat(e["timestamp"])
-        later = as_of is not None and when > as_of
-        if later:
-            cell = Cell(cell.anchor, cell.name, cell.kind, cell.headline, cell.lines,
-                        cell.links, later=True)  # fmt: skip
+        if as_of is not None and when > as_of:
+            cell = replace(cell, later=True)
         events.append(_Event(lane, when, len(events), cell))
 
     for e in _collapsed(audit["events"]):
