@@ -23,9 +23,11 @@ class Lag:
     projection: str
     position: int
     head: int
-    events: int
+    events: int  # negative: the position is past the head (drift)
     seconds: float
     rows: int
+    skipped: int  # events of its topics it could not fold and recorded instead
+    drift: str | None  # why its position cannot be right
 
 
 def lags(projections: Projections, now: datetime | None = None) -> list[Lag]:
@@ -39,7 +41,9 @@ def lags(projections: Projections, now: datetime | None = None) -> list[Lag]:
             if s.position not in waiting:
                 waiting[s.position] = _oldest_unapplied_age(projections, s.position, s.head, now)
             seconds = waiting[s.position]
-        out.append(Lag(s.projection, s.position, s.head, s.lag, seconds, s.rows))
+        out.append(
+            Lag(s.projection, s.position, s.head, s.lag, seconds, s.rows, s.skipped, s.drift)
+        )
     return out
 
 

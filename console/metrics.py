@@ -11,8 +11,9 @@ Store-wide families: ``sequent_completions_total{verdict,reason}`` (dispatch_aud
 recorded completion; ``reason`` is empty for an applied one), ``sequent_compensations_total``
 (sessions a compensation stopped), ``sequent_orphans_total`` (a gauge here: sessions a
 discarded completion left alive now; invariant 4 says 0), ``sequent_jobs{state}``,
-``sequent_decisions{status}``, ``sequent_projection_lag_events{projection}`` and
-``sequent_projection_lag_seconds{projection}``.
+``sequent_decisions{status}``, ``sequent_projection_lag_events{projection}`` (negative: a
+position past the head, drift), ``sequent_projection_lag_seconds{projection}`` and
+``sequent_projection_skipped_events{projection}``.
 
 Each scrape reads the rows of the read models it counts (no grouped query exists in the read
 models' API): fine for the stores this console is for, and the price of every figure being
@@ -79,11 +80,15 @@ class ReadModelCollector(Collector):
                                    labels=o.PROJECTION_LAG_EVENTS.labels)  # fmt: skip
         seconds = GaugeMetricFamily(o.PROJECTION_LAG_SECONDS.name, o.PROJECTION_LAG_SECONDS.help,
                                     labels=o.PROJECTION_LAG_SECONDS.labels)  # fmt: skip
+        skipped = GaugeMetricFamily(o.PROJECTION_SKIPPED.name, o.PROJECTION_SKIPPED.help,
+                                    labels=o.PROJECTION_SKIPPED.labels)  # fmt: skip
         for lag in lags(p):
             events.add_metric([lag.projection], lag.events)
             seconds.add_metric([lag.projection], lag.seconds)
+            skipped.add_metric([lag.projection], lag.skipped)
         yield events
         yield seconds
+        yield skipped
 
 
 def read_model_registry(projections: Projections) -> CollectorRegistry:

@@ -65,6 +65,12 @@ PROJECTION_LAG_EVENTS: Final = Metric(
     ("projection",),
     "gauge",
 )
+PROJECTION_SKIPPED: Final = Metric(
+    "sequent_projection_skipped_events",
+    "Events of a read model's topics it could not fold and recorded as skipped instead.",
+    ("projection",),
+    "gauge",
+)
 PROJECTION_LAG_SECONDS: Final = Metric(
     "sequent_projection_lag_seconds",
     "Age of the oldest notification a read model has not applied yet (0 when at the head).",

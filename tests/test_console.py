@@ -265,6 +265,9 @@ def test_metrics_are_the_read_models_totals(app: Starlette, incident: Incident) 
     assert samples[("sequent_decisions", (("status", "approved"),))] == 1
     lag = {k[1][0][1]: v for k, v in samples.items() if k[0] == "sequent_projection_lag_events"}
     assert lag == dict.fromkeys(("job_status", "dispatch_audit", "sessions", "decisions"), 0)
+    skipped = {k[1][0][1]: v for k, v in samples.items()
+               if k[0] == "sequent_projection_skipped_events"}  # fmt: skip
+    assert skipped == lag
 
 
 # -- escaping, errors, read-only ----------------------------------------------------------------
