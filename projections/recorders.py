@@ -50,11 +50,12 @@ from eventsourcing.sqlite import (
     SQLiteFactory,
     SQLiteTrackingRecorder,
 )
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Literal
 
 from domain.log import UNREADABLE, Notice
 from domain.service import CurationService
 from domain.store_errors import first_line
+from domain.store_url import ddl_lock_key
 from projections.errors import RebuildInProgress, UnsupportedStore
 from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import INT, Table
@@ -658,6 +659,14 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
         self.app_name = app_name
         self.projections = tuple(projections)
         super().__init__(datastore, tracking_table_name=POSTGRES_TRACKING_TABLE)
+        # The library runs these in one transaction: taking the store's DDL lock first makes
+        # concurrent openers create the tables one at a time, as the event store's are.
+        self.sql_create_statements.insert(
+            0,
+            SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(
+                Literal(ddl_lock_key(datastore.schema))
+            ),
+        )
         self.sql_create_statements.extend(
             SQL(s).format() for s in self._projection_ddl(self.projections)
         )
@@ -744,8 +753,10 @@ def open_read_models(service: CurationService, projections: Sequence[Projection]
 
 
 def _create_tables(store: ReadModels) -> None:
-    # Two processes creating the same tables at once can collide on PostgreSQL's catalog;
-    # CREATE ... IF NOT EXISTS makes a second attempt a no-op.
+    # On PostgreSQL the DDL itself runs under the store's DDL lock (PostgresReadModels), but
+    # the library decides whether to record its tracking table's migration row before taking
+    # it: a second opener that looked before the first committed records it again, and a
+    # second attempt, which looks again, is a no-op.
     for attempt in range(3):
         try:
             store.create_table()
