@@ -34,6 +34,7 @@ from domain import (
     Verdict,
 )
 from domain.transitions import STATE_TIMEOUTS
+from integrations.observer import DispatchObserver, RunObserver, Unobserved
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Dispatcher:
         poll_interval: float = 0.02,
         sweep_interval: float = 1.0,
         timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
+        observer: DispatchObserver | None = None,
     ) -> None:
         self.service = service
         self.runner = runner
@@ -156,6 +158,7 @@ class Dispatcher:
         self.poll_interval = poll_interval
         self.sweep_interval = sweep_interval
         self.timeouts = timeouts
+        self.observer: DispatchObserver = observer or Unobserved()
         self.stats = DispatchStats()
         self._feed = service.pending_invocations()
         self._deadlines = service.job_deadlines(timeouts)
@@ -231,16 +234,27 @@ class Dispatcher:
 
     def process(self, invocation_id: UUID) -> Verdict | None:
         """Claims, runs and completes one invocation; None if another worker has it."""
+        with self.observer.run(invocation_id) as run:
+            return self._process_observed(invocation_id, run)
+
+    def _process_observed(self, invocation_id: UUID, run: RunObserver) -> Verdict | None:
         try:
-            dispatch = self.service.claim(
-                invocation_id, self.worker_id, self.lease, module_sha256=self.runner.module_sha256
-            )
+            with run.step("claim"):
+                claimed_at = datetime.now(UTC)
+                dispatch = self.service.claim(
+                    invocation_id,
+                    self.worker_id,
+                    self.lease,
+                    claimed_at,
+                    module_sha256=self.runner.module_sha256,
+                )
         except LeaseHeld as held:
             self._not_before[invocation_id] = held.until  # another worker's; look again later
             self.stats.leased_elsewhere += 1
             return None
         except InvocationFinished:
             return None  # finished between the feed's read and the claim
+        run.claimed(dispatch, claimed_at + self.lease)
         self._not_before.pop(invocation_id, None)
         self._inflight[invocation_id] = (dispatch.job_id, datetime.now(UTC))
         job = self.service.get(dispatch.job_id)
@@ -253,13 +267,18 @@ class Dispatcher:
                 "settings": job.settings,
             },
         }
-        outcome = self.runner(dispatch, job_input)
+        with run.step("sandbox"):
+            outcome = self.runner(dispatch, job_input)
+        run.ran(outcome.error_kind if outcome.ok is None else None)
         self.stats.runs += 1
-        verdict = self._complete(dispatch, outcome, job.spec.get(SESSION_SERVICE_KEY))
+        with run.step("completion"):
+            verdict = self._complete(dispatch, outcome, job.spec.get(SESSION_SERVICE_KEY), run)
         self.stats.count(verdict)
         return verdict
 
-    def _complete(self, dispatch: Dispatch, outcome: RunOutcome, service_url: object) -> Verdict:
+    def _complete(
+        self, dispatch: Dispatch, outcome: RunOutcome, service_url: object, run: RunObserver
+    ) -> Verdict:
         action, params = self.declaration.completion(outcome)
         try:
             verdict = self.completer.complete(dispatch, action, params)
@@ -268,12 +287,13 @@ class Dispatcher:
             bad = RunOutcome(error_kind="bad_output", message=str(exc))
             action, params = self.declaration.on_failure, failure_params(bad)
             verdict = self.completer.complete(dispatch, action, params)
+        run.completed(action, verdict)
         if isinstance(verdict, Discarded) and action == self.declaration.on_success:
-            self._compensate(dispatch, params, service_url)
+            self._compensate(dispatch, params, service_url, run)
         return verdict
 
     def _compensate(
-        self, dispatch: Dispatch, params: Mapping[str, Any], service_url: object
+        self, dispatch: Dispatch, params: Mapping[str, Any], service_url: object, run: RunObserver
     ) -> None:
         """A discarded SessionSpawned may have left a real session behind: stop it where the
         job said its sessions live, and record that on the invocation (invariant 4). Never the
@@ -286,6 +306,8 @@ class Dispatcher:
             return
         if self.service.get(dispatch.job_id).session_id == session_id:
             return
-        if self.sessions.stop(service_url, session_id):
+        stopped = self.sessions.stop(service_url, session_id)
+        if stopped:
             self.service.compensate(dispatch.invocation_id, session_id)
             self.stats.compensated += 1
+        run.compensated(session_id, stopped=stopped)
