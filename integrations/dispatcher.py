@@ -43,6 +43,7 @@ from domain import (
 )
 from domain.orphan import holds_session
 from domain.transitions import STATE_TIMEOUTS
+from integrations.observer import DispatchObserver, RunObserver, Unobserved
 from integrations.reconcile import ReconcileReport
 from integrations.session_client import SESSION_SERVICE_KEY
 
@@ -158,6 +159,9 @@ class Completion:
     verdict: Verdict
 
 
+UNOBSERVED = Unobserved()  # what a step sees when its caller watches nothing (the simulation)
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -179,6 +183,7 @@ class Dispatcher:
         sweep_interval: float = 1.0,
         reconcile_interval: float | None = 60.0,
         timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
+        observer: DispatchObserver | None = None,
     ) -> None:
         """``reconcile_interval``: seconds between two reconciliations by ``run`` when a
         ``reconciler`` is given (None: never)."""
@@ -197,6 +202,7 @@ class Dispatcher:
             None if reconcile_interval is None else timedelta(seconds=reconcile_interval)
         )
         self.timeouts = timeouts
+        self.observer: DispatchObserver = observer or Unobserved()
         self.stats = DispatchStats()
         self._feed = service.pending_invocations()
         self._deadlines = service.job_deadlines(timeouts)
@@ -258,15 +264,23 @@ class Dispatcher:
     # -- one invocation, step by step --------------------------------------------------------
 
     def process(self, invocation_id: UUID, now: datetime | None = None) -> Verdict | None:
-        """Claims, runs and completes one invocation; None if another worker has it."""
-        run = self.claim(invocation_id, now)
-        if run is None:
-            return None
-        completion = self.complete(run, self.execute(run))
-        self.compensate(run, completion)
-        return completion.verdict
+        """Claims, runs and completes one invocation; None if another worker has it. The
+        observer sees each step (the completion's includes its compensation)."""
+        with self.observer.run(invocation_id) as observed:
+            with observed.step("claim"):
+                run = self.claim(invocation_id, now, observed)
+            if run is None:
+                return None
+            with observed.step("sandbox"):
+                outcome = self.execute(run, observed)
+            with observed.step("completion"):
+                completion = self.complete(run, outcome, observed)
+                self.compensate(run, completion, observed)
+            return completion.verdict
 
-    def claim(self, invocation_id: UUID, now: datetime | None = None) -> Run | None:
+    def claim(
+        self, invocation_id: UUID, now: datetime | None = None, observed: RunObserver = UNOBSERVED
+    ) -> Run | None:
         """Takes the lease on the invocation at ``now`` and reads its job; None if another
         worker holds the lease or the invocation is already finished."""
         moment = now or datetime.now(UTC)
@@ -284,6 +298,7 @@ class Dispatcher:
             return None
         except InvocationFinished:
             return None  # finished between the feed's read and the claim
+        observed.claimed(dispatch, moment + self.lease)
         self._not_before.pop(invocation_id, None)
         self._inflight[invocation_id] = (dispatch.job_id, moment)
         job = self.service.get(dispatch.job_id)
@@ -299,13 +314,16 @@ class Dispatcher:
         service_url = job.spec.get(SESSION_SERVICE_KEY)
         return Run(dispatch, job_input, service_url if isinstance(service_url, str) else None)
 
-    def execute(self, run: Run) -> RunOutcome:
+    def execute(self, run: Run, observed: RunObserver = UNOBSERVED) -> RunOutcome:
         """Runs the integration for a claimed run."""
         outcome = self.runner(run.dispatch, run.job_input)
+        observed.ran(outcome.error_kind if outcome.ok is None else None)
         self.stats.runs += 1
         return outcome
 
-    def complete(self, run: Run, outcome: RunOutcome) -> Completion:
+    def complete(
+        self, run: Run, outcome: RunOutcome, observed: RunObserver = UNOBSERVED
+    ) -> Completion:
         """Hands the outcome to the guard as the action the declaration maps it to."""
         dispatch = run.dispatch
         action, params = self.declaration.completion(outcome)
@@ -316,11 +334,14 @@ class Dispatcher:
             bad = RunOutcome(error_kind="bad_output", message=str(exc))
             action, params = self.declaration.on_failure, failure_params(bad)
             verdict = self.completer.complete(dispatch, action, params)
+        observed.completed(action, verdict)
         self._inflight.pop(dispatch.invocation_id, None)
         self.stats.count(verdict)
         return Completion(action, params, verdict)
 
-    def compensate(self, run: Run, completion: Completion) -> bool:
+    def compensate(
+        self, run: Run, completion: Completion, observed: RunObserver = UNOBSERVED
+    ) -> bool:
         """A discarded success may have left a real session behind: stop it where the job
         said its sessions live, and record that on the invocation (invariant 4). Never the
         session the job holds: with fenced calls a rerun of the run that spawned it is answered
@@ -340,7 +361,9 @@ class Dispatcher:
         job = self.service.get(run.dispatch.job_id)
         if holds_session(job.state, job.session_id, session_id):
             return False
-        if not self.sessions.stop(run.service_url, session_id):
+        stopped = self.sessions.stop(run.service_url, session_id)
+        observed.compensated(session_id, stopped=stopped)
+        if not stopped:
             return False  # left for reconciliation
         self.service.compensate(run.dispatch.invocation_id, session_id)
         self.stats.compensated += 1

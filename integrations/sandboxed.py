@@ -18,6 +18,7 @@ from integrations.host import guest_error
 from integrations.limits import SandboxLimits
 from integrations.runtime import LoadedModule, RunResult, Runtime
 from integrations.session_client import SessionClient, SessionServiceError
+from integrations.telemetry import HttpCallSpan, http_call_span
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,20 @@ class AuthorizedHost:
         self.denial: str | None = None  # why the last denied call was denied, in Cedar's terms
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
-        method, url = str(request.get("method", "")), str(request.get("url", ""))
+        method = str(request.get("method", ""))
+        # A span in the run's trace: this call's Cedar decision and the answer.
+        with http_call_span(method, self.job_id, self.invocation_id, self.attempt) as span:
+            answer = self._http_call(method, str(request.get("url", "")), request, span)
+            span.answered(answer)
+            return answer
+
+    def _http_call(
+        self, method: str, url: str, request: dict[str, Any], span: HttpCallSpan
+    ) -> dict[str, Any]:
         decision = self.authorizer.check(
             self.integration, self.module_sha256, method, url, self.job_id, self.invocation_id
         )
+        span.decided(decision)
         if not decision.allowed:
             self.denial = decision.reason
             return guest_error("denied", decision.reason, decision.decision_id)

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = (
-    "bootstrap", "domain", "integrations", "projections", "scripts", "simulation", "tests",
+    "bootstrap", "console", "domain", "integrations", "projections", "scripts", "simulation",
+    "tests",
 )  # fmt: skip
 
 # package -> the first-party packages its code may import (itself always allowed)
@@ -26,8 +27,11 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "domain": frozenset(),
     "integrations": frozenset({"domain"}),
     "projections": frozenset({"domain"}),
-    "bootstrap": frozenset({"domain", "integrations", "projections"}),
-    "scripts": frozenset({"bootstrap", "domain", "integrations", "projections", "simulation"}),
+    "console": frozenset({"domain", "projections"}),
+    "bootstrap": frozenset({"domain", "integrations", "projections", "console"}),
+    "scripts": frozenset(
+        {"bootstrap", "console", "domain", "integrations", "projections", "simulation"}
+    ),
     "simulation": frozenset({"domain", "integrations"}),
 }
 

@@ -1,12 +1,12 @@
 """The ``sequent`` command line (DESIGN.md §5): the parser, the dispatch table, ``main``.
 
 Why it looks like this: each command group is a module (``jobs``, ``authorization``,
-``audit``, ``read_models``, ``runtime``, ``race``, ``invariants``, ``demo``, ``bench``) with
-the same two members, ``add_parsers(sub, common)`` and ``HANDLERS`` (``args.command`` ->
-handler), so adding a command touches one module and this table of groups. Every handler
-starts at the composition root (root.py) and prints through output.py; ``main`` runs it under
-the error contract: one line on stderr and a documented exit code, never a traceback. ``--db``
-and ``--json`` work before or after the subcommand.
+``audit``, ``read_models``, ``runtime``, ``race``, ``invariants``, ``demo``, ``bench``,
+``serve``) with the same two members, ``add_parsers(sub, common)`` and ``HANDLERS``
+(``args.command`` -> handler), so adding a command touches one module and this table of
+groups. Every handler starts at the composition root (root.py) and prints through output.py;
+``main`` runs it under the error contract: one line on stderr and a documented exit code,
+never a traceback. ``--db`` and ``--json`` work before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from scripts.cli import (
     race,
     read_models,
     runtime,
+    serve,
 )
 from scripts.cli.args import Handler
 from scripts.cli.output import EXIT_STATUS_HELP, OneLineParser, reporting_errors
 
-GROUPS = (jobs, authorization, audit, read_models, runtime, race, invariants, demo, bench)
+GROUPS = (jobs, authorization, audit, read_models, runtime, race, invariants, demo, bench, serve)
 HANDLERS: Mapping[str, Handler] = {
     command: handler for group in GROUPS for command, handler in group.HANDLERS.items()
 }
