@@ -16,6 +16,7 @@ from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import Completer, Dispatcher
 from integrations.limits import SandboxLimits
 from integrations.modules.build import build_session_message_wasm
+from integrations.reconcile import Reconciler
 from integrations.runtime import LoadedModule, Runtime
 from integrations.sandboxed import SandboxRunner, SessionStopper
 from integrations.session_client import SessionClient
@@ -50,15 +51,22 @@ class System:
             self._projections = Projections(self.service)
         return self._projections
 
+    @property
+    def reconciler(self) -> Reconciler:
+        """Stops and records the sessions no job holds: the workers' periodic pass."""
+        return Reconciler(self.service, self.client)
+
     def dispatcher(self, *, completer: Completer | None = None, compensate: bool = True,
                    **options: Any) -> Dispatcher:  # fmt: skip
         """A dispatcher over this system; ``completer`` replaces the guarded completion only
-        in the race's baseline simulation."""
+        in the race's baseline simulation. ``compensate`` keeps invariant 4: it stops the
+        sessions of discarded completions and reconciles periodically."""
         return Dispatcher(
             self.service,
             self.runner,
             completer=completer,
             sessions=SessionStopper(self.client) if compensate else None,
+            reconciler=self.reconciler if compensate else None,
             **options,
         )
 

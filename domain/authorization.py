@@ -23,14 +23,32 @@ class DecisionStatus(StrEnum):
     REJECTED = "rejected"
 
 
+class Denial(StrEnum):
+    """Why an authorization check said no. A Decision records the first two."""
+
+    NOT_PERMITTED = "not_permitted"  # default deny: no permit matched
+    FORBIDDEN = "forbidden"  # a forbid matched (it overrides any permit)
+    MALFORMED_REQUEST = "malformed_request"  # bad URL / method / principal: nothing to decide
+    POLICY_ERROR = "policy_error"  # the stored policy set cannot be used: fail closed
+
+
 class Policy(Aggregate):
-    """One Cedar policy text, stored verbatim. Active until revoked; never edited in place."""
+    """One Cedar policy text, stored verbatim. Active until revoked; never edited in place.
+    ``by`` is who added it (None on policies added before that was recorded); the
+    ``PolicyRevoked`` event's timestamp is when it was revoked."""
 
     @event("PolicyAdded")
-    def __init__(self, text: str, reason: str = "", decision_id: UUID | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        reason: str = "",
+        decision_id: UUID | None = None,
+        by: str | None = None,
+    ) -> None:
         self.text = text
         self.reason = reason
         self.decision_id = decision_id  # the Decision whose approval added it, if any
+        self.added_by = by
         self.revoked_by: str | None = None
         self.revoked_reason = ""
 
@@ -54,7 +72,11 @@ class Decision(Aggregate):
 
     ``principal``, ``action`` and ``resource`` are Cedar entity uids exactly as the authorizer
     asked (e.g. ``Integration::"build_session_message"``); ``context`` is the request's Cedar
-    context; ``reason`` says why it was denied.
+    context; ``reason`` says why it was denied, ``denial`` the kind of no (``not_permitted``
+    or ``forbidden``; "" on decisions requested before it was recorded) and ``forbidden_by``
+    the ids of the forbid policies that caused it. ``job_id`` and ``invocation_id`` are the
+    first run denied: later denials of the same request join the pending decision (see
+    ``PolicyBook.record_denial``) and name it in their jobs' failures.
     """
 
     @event("Requested")
@@ -68,6 +90,9 @@ class Decision(Aggregate):
         module_sha256: str,
         context: dict[str, Any],
         reason: str = "",
+        denial: str = "",
+        forbidden_by: list[str] | None = None,
+        id: UUID | None = None,
     ) -> None:
         self.principal = principal
         self.action = action
@@ -77,6 +102,8 @@ class Decision(Aggregate):
         self.module_sha256 = module_sha256
         self.context = context
         self.reason = reason
+        self.denial = denial
+        self.forbidden_by = list(forbidden_by or ())
         self.status = DecisionStatus.PENDING
         self.decided_by: str | None = None
         self.policy_id: UUID | None = None

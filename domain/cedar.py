@@ -7,9 +7,9 @@ handle sequent builds from it.
 - entity ids and uids (``cedar_string``, ``entity_uid``), and the one canonical resource id of a
   URL (``endpoint_of``: ``scheme://host:port/first-path-segment``);
 - the permits sequent writes (``scoped_permit``, ``permit_text``, ``default_policies``);
-- checking policy text before it is recorded (``check_policy_text``), and turning recorded
-  text into the handles an authorization check runs on (``static_policies``,
-  ``parse_policy_set``, ``principal_entities``, ``authorize``).
+- checking policy text before it is recorded (``check_policy_text``, whose errors never quote
+  the text), and turning recorded text into the handles an authorization check runs on
+  (``policy_statics``, ``parse_policy_set``, ``principal_entities``, ``authorize``).
 
 This is the only module that calls ``cedarpy``: the policy book validates with it, the
 authorizer (``integrations/authorizer.py``) decides with it, and both speak the same schema.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -75,6 +76,14 @@ def cedar_string(value: str) -> str:
 def entity_uid(entity_type: str, entity_id: str) -> str:
     """``Integration::"build_session_message"`` from its type and id."""
     return f"{entity_type}::{cedar_string(entity_id)}"
+
+
+def entity_id(uid: str) -> str:
+    """The id of a uid ``entity_uid`` wrote: ``build_session_message`` from
+    ``Integration::"build_session_message"``. Its quoted part escapes only ``\\`` and ``"``,
+    so it reads back as a JSON string."""
+    id_text: str = json.loads(uid.split("::", 1)[1])
+    return id_text
 
 
 # -- endpoints --------------------------------------------------------------------------------
@@ -160,13 +169,28 @@ def principal_entities(
     return parsed
 
 
+def uid_request(
+    principal_uid: str, action_uid: str, resource_uid: str, context: dict[str, Any]
+) -> dict[str, Any]:
+    """A request from the uids a Decision recorded (``Integration::"…"`` and so on)."""
+    return {
+        "principal": principal_uid,
+        "action": action_uid,
+        "resource": resource_uid,
+        "context": context,
+    }
+
+
 def authorize(
     request: dict[str, Any], policies: cedarpy.PolicySet, entities: cedarpy.Entities
-) -> tuple[bool, list[str], list[str]]:
-    """(allowed, ids of the policies that determined it, Cedar's evaluation errors)."""
+) -> tuple[bool, tuple[str, ...], list[str]]:
+    """(allowed, ids of the stored policies that determined it, Cedar's evaluation errors).
+    A denial that names policies was caused by a ``forbid``; one that names none, by no
+    ``permit`` matching. Ids are those ``policy_statics`` keyed the policies by."""
     result = cedarpy.is_authorized(request, policies, entities)
     diagnostics = result.diagnostics
-    return result.allowed, list(diagnostics.reasons), list(diagnostics.errors)
+    determining = dict.fromkeys(r.split("#", 1)[0] for r in diagnostics.reasons)
+    return result.allowed, tuple(determining), list(diagnostics.errors)
 
 
 # -- permits ----------------------------------------------------------------------------------
@@ -200,18 +224,49 @@ def default_policies(session_service_url: str, integration: str = DEFAULT_INTEGR
 MAX_POLICY_CHARS = 64 * 1024
 
 
+# Cedar names the policy an error is in by its position: "for policy `policy0`, …".
+_CEDAR_POSITION = re.compile(r"for policy `policy(\d+)`, ")
+_WORD = re.compile(r"\w+")
+# Cedar's keywords and the schema's names: an error that says them quotes nothing of a text.
+CEDAR_WORDS = frozenset(
+    {
+        *("permit", "forbid", "when", "unless", "principal", "action", "resource", "context"),
+        *("in", "has", "like", "is", "if", "then", "else", "true", "false"),
+        *(PRINCIPAL_TYPE, RESOURCE_TYPE, ACTION_TYPE, HTTP_CALL),
+        *("module_sha256", "method", "job_id"),
+    }
+)
+
+
 def validation_errors(text: str, schema: cedarpy.Schema) -> list[str]:
-    """Cedar's parse and schema-validation errors for ``text``; empty when it is valid."""
+    """Cedar's parse and schema-validation errors for ``text`` with nothing of the text in
+    them (``without_text``), each as ``statement N: …`` where Cedar says which statement;
+    empty when the text is valid."""
     result = cedarpy.validate_policies(text, schema)
     if result.validation_passed:
         return []
-    return [str(e) for e in result.errors] or ["cedar refused the policy text"]
+    errors = [
+        _CEDAR_POSITION.sub(
+            lambda m: f"statement {int(m[1]) + 1}: ", without_text(e.error, text), count=1
+        )
+        for e in result.errors
+    ]
+    return errors or ["cedar refused the policy text"]
+
+
+def without_text(error: str, text: str) -> str:
+    """Cedar's ``error`` about ``text`` with nothing of the text in it: each word that also
+    occurs in the text, Cedar's and the schema's own words aside, becomes "…". Cedar quotes
+    the token it stumbled on (``invalid variable: <it>``, ``unexpected token `<it>` ``), and
+    the text may be a file that holds a secret by mistake."""
+    words = set(_WORD.findall(text)) - CEDAR_WORDS
+    return _WORD.sub(lambda m: "…" if m[0] in words else m[0], error)
 
 
 def check_policy_text(text: object, schema: cedarpy.Schema) -> str:
     """Returns ``text`` if it is one or more static Cedar policies valid against ``schema``;
-    raises InvalidPolicy with Cedar's message otherwise, and InvalidParams (as for any text
-    sequent stores) if it holds characters no store can hold."""
+    raises InvalidPolicy with Cedar's errors (``validation_errors``) otherwise, and
+    InvalidParams (as for any text sequent stores) if it holds characters no store can hold."""
     if not isinstance(text, str):
         raise InvalidPolicy(f"expected the policy as text, got {type(text).__name__}")
     if len(text) > MAX_POLICY_CHARS:
@@ -219,7 +274,7 @@ def check_policy_text(text: object, schema: cedarpy.Schema) -> str:
     check_json("policy", "text", text)  # NUL or a lone surrogate: no store could hold it
     errors = validation_errors(text, schema)
     if errors:
-        raise InvalidPolicy("it does not validate against the schema", tuple(errors))
+        raise InvalidPolicy("Cedar refused it", tuple(errors))
     parsed = cedarpy.PolicySet.from_str(text)
     if parsed.templates():
         raise InvalidPolicy("templates (?principal / ?resource slots) are not supported")
@@ -235,6 +290,27 @@ def static_policies(text: str) -> dict[str, Any]:
         raise ValueError("templates are not supported")
     statics: dict[str, Any] = est.get("staticPolicies", {})
     return statics
+
+
+def policy_statics(
+    policies: Iterable[tuple[str, str]], schema: cedarpy.Schema
+) -> tuple[dict[str, Any], list[str]]:
+    """The static policies (EST) of every ``(id, text)``, each Cedar policy keyed
+    ``<id>#<positional id>`` so a diagnostic names the stored policy it came from; and, for
+    each text that no longer validates against ``schema`` (left out), why."""
+    statics: dict[str, Any] = {}
+    problems: list[str] = []
+    for policy_id, text in policies:
+        errors = validation_errors(text, schema)
+        try:
+            if not errors:
+                for key, body in static_policies(text).items():
+                    statics[f"{policy_id}#{key}"] = body
+        except ValueError as exc:
+            errors = [str(exc)]
+        if errors:
+            problems.append(f"policy {policy_id}: {'; '.join(errors)}")
+    return statics, problems
 
 
 def parse_policy_set(policies: dict[str, Any]) -> cedarpy.PolicySet:

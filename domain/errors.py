@@ -137,7 +137,9 @@ class MalformedURL(SequentError):
 
 
 class InvalidPolicy(SequentError):
-    """Cedar refused the policy text (parse or schema validation); nothing was written."""
+    """Cedar refused the policy text (parse or schema validation); nothing was written. The
+    message never quotes the text (it may come from a file that holds secrets): ``errors`` are
+    Cedar's, with every word of the text in them redacted (``domain.cedar.without_text``)."""
 
     def __init__(self, why: str, errors: tuple[str, ...] = ()) -> None:
         self.why = why
@@ -176,4 +178,18 @@ class DecisionAlreadyDecided(SequentError):
         self.by = by
         super().__init__(
             f"cannot {attempted} decision {decision_id}: it was already {status} by {by!r}"
+        )
+
+
+class DecisionForbidden(SequentError):
+    """Approving would add a permit that a ``forbid`` overrides: the request would still be
+    denied, so the approval is refused and nothing is written."""
+
+    def __init__(self, decision_id: UUID, resource: str, policy_ids: Iterable[str]) -> None:
+        self.decision_id = decision_id
+        self.policy_ids = tuple(policy_ids)
+        super().__init__(
+            f"cannot approve decision {decision_id}: policy {', '.join(self.policy_ids)} "
+            f"forbids its call to {resource} and a permit cannot override a forbid "
+            "(revoke that policy first, or reject the decision)"
         )

@@ -42,6 +42,7 @@ class Invocation(Aggregate):
         self.lease_holder: str | None = None
         self.lease_until: datetime | None = None
         self.compensated: list[str] = []
+        self.orphans_stopped: list[str] = []
 
     class Unrecognised(Aggregate.Created):
         """Created instead of Started when a completion names an invocation that was never
@@ -103,6 +104,11 @@ class Invocation(Aggregate):
         """Records that a session left behind by a discarded completion was stopped."""
         self._compensated(session_id=session_id)
 
+    def orphan_stopped(self, session_id: str, service_url: str) -> None:
+        """Records that reconciliation stopped a session this run created and no job holds
+        (``domain/orphan.py`` says when that is), e.g. one a crashed worker left behind."""
+        self._orphan_stopped(session_id=session_id, service_url=service_url)
+
     def record(self, action: str, params: dict[str, Any], verdict: Verdict) -> None:
         """Records one arriving completion and the guard's verdict on it, as a pair of events."""
         self._finished(action=action, params=params)
@@ -127,6 +133,10 @@ class Invocation(Aggregate):
     @event("Compensated")
     def _compensated(self, session_id: str) -> None:
         self.compensated.append(session_id)
+
+    @event("OrphanStopped")
+    def _orphan_stopped(self, session_id: str, service_url: str) -> None:
+        self.orphans_stopped.append(session_id)
 
     @event("Finished")
     def _finished(self, action: str, params: dict[str, Any]) -> None:

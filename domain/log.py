@@ -20,16 +20,22 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification, StoredEvent
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    Mapper,
+    MapperDeserialisationError,
+    Notification,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import TopicError, get_topic
 from psycopg.rows import tuple_row
 
 from domain.authorization import Decision, Policy
 from domain.invocation import Invocation
 from domain.job import CurationJob
-from domain.transitions import TRANSITIONS, JobState
+from domain.transitions import TRANSITIONS, JobState, Transition
 
 # -- topics ----------------------------------------------------------------------------------
 
@@ -44,17 +50,33 @@ def job_topic(action: str) -> str:
     return f"{JOB}.{TRANSITIONS[action].event}"
 
 
+# The table's row for each job event's topic: which states it may follow, where it leaves the job.
+JOB_TRANSITIONS: Mapping[str, Transition] = {f"{JOB}.{t.event}": t for t in TRANSITIONS.values()}
 # Every job event moves the job to one fixed state: the transition table says which.
-STATE_AFTER: Mapping[str, JobState] = {
-    f"{JOB}.{t.event}": t.target for t in TRANSITIONS.values()
-}
+STATE_AFTER: Mapping[str, JobState] = {topic: t.target for topic, t in JOB_TRANSITIONS.items()}
 JOB_TOPICS = tuple(STATE_AFTER)
 JOB_CREATED = job_topic("Create")
 JOB_RETRIED = job_topic("Retry")
+JOB_FAILED = job_topic("Fail")
 JOB_SESSION_SPAWNED = job_topic("SessionSpawned")
 JOB_STARTS_INVOCATION = frozenset(
     f"{JOB}.{t.event}" for t in TRANSITIONS.values() if t.starts_invocation
 )
+
+
+def invalid_step(topic: str, before: str | None) -> str | None:
+    """Why a job event of ``topic`` cannot follow a job in state ``before`` (None: the job has
+    no event yet), by the transition table; None when it can. The aggregate checks this before
+    it records an event; followers of the log use it to find events that were written anyway
+    (e.g. by a command that trusted a corrupted snapshot)."""
+    row = JOB_TRANSITIONS[topic]
+    if before is None:
+        return None if not row.sources else f"{row.event} as the job's first event"
+    if before in row.sources:  # JobState is a StrEnum: its members equal their text
+        return None
+    allowed = ", ".join(sorted(row.sources)) or "none: it only creates a job"
+    return f"{row.event} from state {before} (allowed from: {allowed})"
+
 
 STARTED = f"{INVOCATION}.Started"
 UNRECOGNISED = f"{INVOCATION}.Unrecognised"
@@ -73,6 +95,20 @@ DECISION_REQUESTED = f"{DECISION}.Requested"
 DECISION_APPROVED = f"{DECISION}.Approved"
 DECISION_REJECTED = f"{DECISION}.Rejected"
 DECISION_TOPICS = (DECISION_REQUESTED, DECISION_APPROVED, DECISION_REJECTED)
+
+
+# What decoding or folding a stored event (or snapshot) can raise when its row was written or
+# changed by hand: bytes that are not the transcoder's JSON, a topic naming no class, JSON whose
+# keys are not what the class's constructor or mutator expects. Whoever follows the log
+# decides what such an event means to it; none may stop on one (DESIGN.md §1 invariant 5).
+UNREADABLE: tuple[type[Exception], ...] = (
+    MapperDeserialisationError,
+    TopicError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+)
 
 
 # -- notices ---------------------------------------------------------------------------------

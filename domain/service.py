@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.application import Application, ProjectorFunction, project_aggregate
 from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
@@ -29,9 +29,18 @@ from domain.guard import Apply, decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
+from domain.orphan import OrphanSession, orphan_id
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
-from domain.store_errors import MAX_CONFLICT_RETRIES, bound_waits, retrying, store_call
+from domain.snapshots import load_job
+from domain.store_errors import (
+    BACKOFF,
+    MAX_CONFLICT_RETRIES,
+    Backoff,
+    bound_waits,
+    retrying,
+    store_call,
+)
 from domain.store_url import StoreConfig, default_url, parse_store_url, postgres_options
 from domain.transitions import (
     COMPLETION_ACTIONS,
@@ -72,6 +81,7 @@ class CurationService(Application[UUID]):
     name = "Sequent"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {CurationJob: SNAPSHOT_INTERVAL}
     max_conflict_retries = MAX_CONFLICT_RETRIES
+    conflict_backoff: Backoff = BACKOFF
 
     def __init__(self, env: Mapping[str, str] | None = None, *, url: str = "memory://") -> None:
         super().__init__(env)
@@ -275,6 +285,37 @@ class CurationService(Application[UUID]):
 
         self._retrying(f"compensation of invocation {invocation_uuid}", once)
 
+    def record_orphan(
+        self,
+        session_id: str,
+        service_url: str,
+        *,
+        invocation_id: UUID | None = None,
+        idempotency_key: str | None = None,
+    ) -> UUID:
+        """Records that reconciliation stopped ``session_id``: on the invocation that created
+        it when that is known, else on an OrphanSession of its own (recorded once per session).
+        Returns the id of the aggregate that holds the record."""
+        if invocation_id is not None:
+            creator = invocation_id
+
+            def on_creator() -> UUID:
+                invocation = self._invocation(creator)
+                invocation.orphan_stopped(session_id, service_url)
+                self.save(invocation)
+                return invocation.id
+
+            return self._retrying(f"orphan {session_id} of invocation {creator}", on_creator)
+
+        record_id = orphan_id(service_url, session_id)
+
+        def on_its_own() -> UUID:
+            if next(iter(self.events.get(record_id, limit=1)), None) is None:
+                self.save(OrphanSession(service_url, session_id, idempotency_key))
+            return record_id
+
+        return self._retrying(f"orphan {session_id} at {service_url}", on_its_own)
+
     def pending_invocations(self) -> PendingInvocations:
         """A follower of the store's invocations that are started and not yet finished."""
         return PendingInvocations(self)
@@ -331,19 +372,31 @@ class CurationService(Application[UUID]):
         )
 
     def _retrying(self, what: str, once: Callable[[], T]) -> T:
-        return retrying(self.url, what, once, self.max_conflict_retries)
+        return retrying(self.url, what, once, self.max_conflict_retries, self.conflict_backoff)
 
     def _store_call(self) -> AbstractContextManager[None]:
         return store_call(self.url)
 
     def _job(self, job_id: UUID) -> CurationJob:
-        try:
-            job: object = self.repository.get(job_id)
-        except AggregateNotFoundError:
-            raise JobNotFound(job_id) from None
+        job = load_job(self, job_id)  # a snapshot only once checked (domain.snapshots)
         if not isinstance(job, CurationJob):
             raise JobNotFound(job_id)
         return job
+
+    def take_snapshot(
+        self,
+        aggregate_id: UUID,
+        version: int | None = None,
+        projector_func: ProjectorFunction[Any, Any] = project_aggregate,
+    ) -> None:
+        """The library's, but from the checked load: its own (``repository.get``) starts from the
+        previous snapshot as stored, so a corrupted one would be copied into the next, and an
+        undecodable one would fail the save that already committed the events."""
+        job = load_job(self, aggregate_id, version)
+        # Called only for snapshotting_intervals' classes, after a save of the job.
+        assert self.snapshots is not None
+        assert isinstance(job, CurationJob)
+        self.snapshots.put([CurationJob.Snapshot.take(job)])
 
     def _invocation(self, invocation_id: UUID) -> Invocation:
         invocation = self._invocation_or_none(invocation_id)

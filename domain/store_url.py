@@ -313,6 +313,12 @@ def postgres_conninfo(env: dict[str, str]) -> str:
     )
 
 
+def ddl_lock_key(schema: str) -> str:
+    """The advisory lock every creator of a schema's tables holds (the event store's, the read
+    models'), so concurrent openers never collide in PostgreSQL's catalog."""
+    return f"sequent-ddl:{schema or 'public'}"
+
+
 @contextmanager
 def _postgres_ddl_lock(config: StoreConfig) -> Iterator[None]:
     schema = config.env["POSTGRES_SCHEMA"]
@@ -323,8 +329,7 @@ def _postgres_ddl_lock(config: StoreConfig) -> Iterator[None]:
     with conn:  # closing the session releases its advisory lock, however the block ends
         try:
             conn.execute(
-                "SELECT pg_advisory_lock(hashtextextended(%s, 0))",
-                (f"sequent-ddl:{schema or 'public'}",),
+                "SELECT pg_advisory_lock(hashtextextended(%s, 0))", (ddl_lock_key(schema),)
             )
             if schema:
                 conn.execute(

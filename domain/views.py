@@ -68,6 +68,12 @@ class InvocationView:
     lease_holder: str | None
     lease_until: datetime | None
     compensated: list[str]
+    orphans_stopped: list[str]  # sessions of this run that reconciliation stopped
+
+    @property
+    def finished(self) -> bool:
+        """As ``Invocation.finished``: a completion has arrived and its verdict is recorded."""
+        return self.completions > 0
 
     @classmethod
     def of(cls, invocation: Invocation) -> InvocationView:
@@ -84,6 +90,7 @@ class InvocationView:
             lease_holder=invocation.lease_holder,
             lease_until=invocation.lease_until,
             compensated=list(invocation.compensated),
+            orphans_stopped=list(invocation.orphans_stopped),
         )
 
 
@@ -113,14 +120,19 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class PolicyView:
+    """A policy and who changed it when. ``added_by`` is None for a policy added before that
+    was recorded; ``revoked_at`` is the time of its ``PolicyRevoked``."""
+
     id: UUID
     text: str
     version: int
     reason: str
     decision_id: UUID | None
-    added_on: datetime
+    added_by: str | None
+    added_at: datetime
     active: bool = True
     revoked_by: str | None = None
+    revoked_at: datetime | None = None
 
     @classmethod
     def of(cls, policy: Policy) -> PolicyView:
@@ -130,9 +142,12 @@ class PolicyView:
             version=policy.version,
             reason=policy.reason,
             decision_id=policy.decision_id,
-            added_on=policy.created_on,
+            added_by=policy.added_by,
+            added_at=policy.created_on,
             active=policy.active,
             revoked_by=policy.revoked_by,
+            # PolicyRevoked is a policy's last event, so its time is the policy's last change.
+            revoked_at=None if policy.active else policy.modified_on,
         )
 
 
@@ -161,6 +176,8 @@ class DecisionView:
     decided_by: str | None = None
     policy_id: UUID | None = None
     rejection_reason: str = ""
+    denial: str = ""  # not_permitted | forbidden ("" if requested before it was recorded)
+    forbidden_by: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, decision: Decision) -> DecisionView:
@@ -180,4 +197,6 @@ class DecisionView:
             decided_by=decision.decided_by,
             policy_id=decision.policy_id,
             rejection_reason=decision.rejection_reason,
+            denial=decision.denial,
+            forbidden_by=tuple(decision.forbidden_by),
         )

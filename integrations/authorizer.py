@@ -4,8 +4,11 @@ A request is principal ``Integration::"<name>"`` (its module sha256 as the attri
 ``module_sha256``), action ``Action::"http_call"``, resource
 ``HttpEndpoint::"scheme://host:port/first-path-segment"`` and context ``{method, job_id}``.
 Default deny: only a ``permit`` lets a call through, and a ``forbid`` overrides any permit. A
-denial of a well-formed request records a pending ``Decision`` (``PolicyBook.request_decision``)
-whose id the caller fails the job with; approving it adds a permit for exactly that request.
+denial of a well-formed request is recorded as a pending ``Decision``
+(``PolicyBook.record_denial``: the one already pending for the same principal, action and
+resource, else a new one, saying whether a forbid caused it and which) whose id the caller
+fails the job with; approving it adds a permit for exactly that request, and is refused while
+a forbid would still deny it.
 
 **Cache.** The active policies are compiled into one Cedar ``PolicySet`` and kept with the
 ``policy_version()`` they are as of; a check re-compiles only when that version changes (a
@@ -25,9 +28,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from domain.authorization import Denial
 from domain.cedar import (
     HTTP_CALL,
     PRINCIPAL_TYPE,
@@ -37,10 +40,9 @@ from domain.cedar import (
     entity_uid,
     http_call_request,
     parse_policy_set,
+    policy_statics,
     principal_entities,
     request_problem,
-    static_policies,
-    validation_errors,
 )
 from domain.errors import MalformedURL
 from domain.policy_book import PolicyBook
@@ -50,13 +52,6 @@ if TYPE_CHECKING:  # only its types: domain/cedar.py is what calls cedarpy
     import cedarpy
 
 MAX_CACHED_PRINCIPALS = 256
-
-
-class Denial(StrEnum):
-    NOT_PERMITTED = "not_permitted"  # default deny: no permit matched
-    FORBIDDEN = "forbidden"  # a forbid matched (it overrides any permit)
-    MALFORMED_REQUEST = "malformed_request"  # bad URL / method / principal: nothing to decide
-    POLICY_ERROR = "policy_error"  # the stored policy set cannot be used: fail closed
 
 
 @dataclass(frozen=True)
@@ -126,12 +121,11 @@ class CedarAuthorizer:
                 policy_version=compiled.version,
             )
         context = {"method": method, "job_id": job_id}
-        allowed, reasons, errors = authorize(
+        allowed, determining, errors = authorize(
             http_call_request(integration, endpoint, context),
             compiled.policy_set,
             self._principal(integration, module_sha256),
         )
-        determining = tuple(dict.fromkeys(r.split("#", 1)[0] for r in reasons))
         if allowed:
             why = f"permitted by policy {', '.join(determining)}"
             return AuthzOutcome(
@@ -156,15 +150,15 @@ class CedarAuthorizer:
             why += f"; cedar errors: {'; '.join(errors)}"
         decision_id = None
         if self.record_denials:
-            decision = self.book.request_decision(
+            decision = self.book.record_denial(
                 integration=integration,
                 endpoint=endpoint,
-                action=HTTP_CALL,
                 job_id=job_id,
                 invocation_id=invocation_id,
                 module_sha256=module_sha256,
                 context=context,
                 reason=why,
+                forbidden_by=determining,
             )
             decision_id = str(decision)
         return AuthzOutcome(
@@ -199,23 +193,13 @@ class CedarAuthorizer:
             return compiled
 
     def _compile(self, snapshot: PolicySnapshot) -> _Compiled:
-        """One PolicySet of every active policy, each Cedar policy named ``<policy id>#policyN``
-        so a diagnostic names the stored Policy it came from. Fails closed: if any stored
-        policy no longer validates (schema changed), the set is unusable, since skipping a
-        ``forbid`` would widen access."""
+        """One PolicySet of every active policy (``policy_statics``). Fails closed: if any
+        stored policy no longer validates (schema changed), the set is unusable, since
+        skipping a ``forbid`` would widen access."""
         self.compilations += 1
-        statics: dict[str, Any] = {}
-        problems: list[str] = []
-        for policy in snapshot.policies:
-            errors = validation_errors(policy.text, self.book.schema)
-            try:
-                if not errors:
-                    for key, body in static_policies(policy.text).items():
-                        statics[f"{policy.id}#{key}"] = body
-            except ValueError as exc:
-                errors = [str(exc)]
-            if errors:
-                problems.append(f"policy {policy.id}: {'; '.join(errors)}")
+        statics, problems = policy_statics(
+            ((str(p.id), p.text) for p in snapshot.policies), self.book.schema
+        )
         if problems:
             problem = "the active policies cannot be used (" + " | ".join(problems) + ")"
             return _Compiled(snapshot.version, parse_policy_set({}), problem)

@@ -5,6 +5,14 @@ Work is found in the store, not in a queue, so several worker processes can shar
 the lease (an OCC write on the invocation) keeps two of them off the same run, and a crashed
 worker's lease simply expires. Execution is at-least-once: a second completion of the same run is
 a recorded ``duplicate``, never a second effect.
+
+One invocation is processed in four steps, each a method: ``claim`` (lease it, read its job),
+``execute`` (run the integration), ``complete`` (the declaration maps the outcome to an action,
+the guard decides) and ``compensate`` (stop the session a discarded success left behind). The
+threaded loop (``run``) chains them in a worker thread; the whole-system simulation
+(``simulation/``) calls them one at a time, with crashes and a virtual clock in between. So do
+the sweeps (``expire_overdue``, ``sweep_deadlines``) and the periodic reconciliation
+(``reconcile_due``): every step takes the moment it acts at.
 """
 
 from __future__ import annotations
@@ -35,7 +43,11 @@ from domain import (
     StoreUnavailable,
     Verdict,
 )
+from domain.orphan import holds_session
 from domain.transitions import STATE_TIMEOUTS
+from integrations.observer import DispatchObserver, RunObserver, Unobserved
+from integrations.reconcile import ReconcileReport
+from integrations.session_client import SESSION_SERVICE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +86,9 @@ class SessionStopper(Protocol):
     def stop(self, service_url: str, session_id: str) -> bool: ...
 
 
-# Where a job's spec names the session service its integration talks to.
-SESSION_SERVICE_KEY = "session_service"
+class Reconciles(Protocol):
+    def reconcile_all(self, now: datetime | None = None) -> ReconcileReport: ...
+
 
 # How a classified failure becomes the job's Fail reason.
 FAIL_REASONS: Mapping[str, str] = {
@@ -122,6 +135,7 @@ class DispatchStats:
     leased_elsewhere: int = 0
     errors: int = 0
     timeouts: int = 0
+    orphans_stopped: int = 0
     store_retries: int = 0  # loop steps and runs cut short by the store (dropped, busy)
 
     def count(self, verdict: Verdict) -> None:
@@ -129,6 +143,29 @@ class DispatchStats:
             self.applied += 1
             return
         self.discarded[str(verdict.reason)] = self.discarded.get(str(verdict.reason), 0) + 1
+
+
+@dataclass(frozen=True)
+class Run:
+    """A claimed invocation, ready to run: the dispatch it runs under, the input the module
+    gets, and the session service its job names (where a compensation stops a session)."""
+
+    dispatch: Dispatch
+    job_input: dict[str, Any]
+    service_url: str | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a run's outcome came to: the action and params it was completed with (the
+    declaration's choice, never the module's) and the guard's verdict."""
+
+    action: str
+    params: dict[str, Any]
+    verdict: Verdict
+
+
+UNOBSERVED = Unobserved()  # what a step sees when its caller watches nothing (the simulation)
 
 
 def default_worker_id() -> str:
@@ -143,31 +180,43 @@ class Dispatcher:
         *,
         completer: Completer | None = None,
         sessions: SessionStopper | None = None,
+        reconciler: Reconciles | None = None,
         declaration: Declaration | None = None,
         worker_id: str | None = None,
         lease: timedelta = timedelta(seconds=60),
         concurrency: int = 16,
         poll_interval: float = 0.02,
         sweep_interval: float = 1.0,
+        reconcile_interval: float | None = 60.0,
         store_retry_interval: float = 0.5,
         timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
+        observer: DispatchObserver | None = None,
     ) -> None:
+        """``reconcile_interval``: seconds between two reconciliations by ``run`` when a
+        ``reconciler`` is given (None: never). ``store_retry_interval``: how long ``run``
+        waits before it looks at a store that failed it again."""
         self.service = service
         self.runner = runner
         self.completer: Completer = completer or service
         self.sessions = sessions
+        self.reconciler = reconciler
         self.declaration = declaration or Declaration()
         self.worker_id = worker_id or default_worker_id()
         self.lease = lease
         self.limiter = anyio.CapacityLimiter(concurrency)
         self.poll_interval = poll_interval
-        self.sweep_interval = sweep_interval
+        self.sweep_interval = timedelta(seconds=sweep_interval)
+        self.reconcile_interval = (
+            None if reconcile_interval is None else timedelta(seconds=reconcile_interval)
+        )
         self.store_retry_interval = store_retry_interval
         self.timeouts = timeouts
+        self.observer: DispatchObserver = observer or Unobserved()
         self.stats = DispatchStats()
         self._feed = service.pending_invocations()
         self._deadlines = service.job_deadlines(timeouts)
         self._swept_at = datetime.min.replace(tzinfo=UTC)
+        self._reconciled_at: datetime | None = None  # None: the first look starts the clock
         # invocation -> (its job once claimed, since when); and invocations leased elsewhere.
         self._inflight: dict[UUID, tuple[UUID | None, datetime]] = {}
         self._not_before: dict[UUID, datetime] = {}
@@ -184,12 +233,15 @@ class Dispatcher:
             while not (until() and not self._inflight):
                 try:
                     await self._start_pending(tg)
-                    await self._expire_overdue()
-                    await self._sweep_deadlines()
+                    now = datetime.now(UTC)
+                    self.stats.timeouts += await anyio.to_thread.run_sync(self.expire_overdue, now)
+                    self.stats.timeouts += await anyio.to_thread.run_sync(self.sweep_deadlines, now)
                 except (StoreUnavailable, ConcurrencyError) as exc:
                     self.stats.store_retries += 1
                     log.warning("store call failed, retrying: %s", exc)
                     await anyio.sleep(self.store_retry_interval)
+                    continue
+                await self._reconcile(now)
                 await anyio.sleep(self.poll_interval)
 
     async def run_once(self) -> None:
@@ -197,10 +249,14 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             await self._start_pending(tg)
 
+    def refresh(self) -> list[UUID]:
+        """The invocations started and not yet finished, as the store says now."""
+        self.pending = self._feed.refresh()
+        return self.pending
+
     async def _start_pending(self, tg: anyio.abc.TaskGroup) -> None:
         now = datetime.now(UTC)
-        self.pending = await anyio.to_thread.run_sync(self._feed.refresh)
-        for invocation_id in self.pending:
+        for invocation_id in await anyio.to_thread.run_sync(self.refresh):
             if invocation_id in self._inflight or self._not_before.get(invocation_id, now) > now:
                 continue
             self._inflight[invocation_id] = (None, now)
@@ -221,40 +277,43 @@ class Dispatcher:
         finally:
             self._inflight.pop(invocation_id, None)
 
-    async def _expire_overdue(self) -> None:
-        """Applies the Ready timeout to jobs whose run is still in flight here: the everyday
-        way a job moves on while its invocation is running, and so of late completions."""
-        limit = self.timeouts.get(JobState.READY)
-        if limit is None:
-            return
-        now = datetime.now(UTC)
-        overdue = {
-            job for job, since in list(self._inflight.values()) if job and now - since >= limit
-        }
-        for job_id in overdue:
-            if await anyio.to_thread.run_sync(self.service.expire, job_id, now, self.timeouts):
-                self.stats.timeouts += 1
+    async def _reconcile(self, now: datetime) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.reconcile_due, now)
+        except Exception:
+            # Orphans wait for the next pass; the worker's own runs are not held up by them.
+            log.exception("reconciliation failed; trying again in %s", self.reconcile_interval)
 
-    async def _sweep_deadlines(self) -> None:
-        """Every ``sweep_interval``: fails jobs that sat in Queued, Running or Finalizing past
-        their state timeout. Ready is left to ``_expire_overdue``, which counts from the claim,
-        so time spent waiting for a worker never times a job out."""
-        now = datetime.now(UTC)
-        if (now - self._swept_at).total_seconds() < self.sweep_interval:
-            return
-        self._swept_at = now
-        due = await anyio.to_thread.run_sync(self._deadlines.due, now, (JobState.READY,))
-        for job_id in due:
-            if await anyio.to_thread.run_sync(self.service.expire, job_id, now, self.timeouts):
-                self.stats.timeouts += 1
+    # -- one invocation, step by step --------------------------------------------------------
 
-    # -- one invocation ---------------------------------------------------------------------
+    def process(self, invocation_id: UUID, now: datetime | None = None) -> Verdict | None:
+        """Claims, runs and completes one invocation; None if another worker has it. The
+        observer sees each step (the completion's includes its compensation)."""
+        with self.observer.run(invocation_id) as observed:
+            with observed.step("claim"):
+                run = self.claim(invocation_id, now, observed)
+            if run is None:
+                return None
+            with observed.step("sandbox"):
+                outcome = self.execute(run, observed)
+            with observed.step("completion"):
+                completion = self.complete(run, outcome, observed)
+                self.compensate(run, completion, observed)
+            return completion.verdict
 
-    def process(self, invocation_id: UUID) -> Verdict | None:
-        """Claims, runs and completes one invocation; None if another worker has it."""
+    def claim(
+        self, invocation_id: UUID, now: datetime | None = None, observed: RunObserver = UNOBSERVED
+    ) -> Run | None:
+        """Takes the lease on the invocation at ``now`` and reads its job; None if another
+        worker holds the lease or the invocation is already finished."""
+        moment = now or datetime.now(UTC)
         try:
             dispatch = self.service.claim(
-                invocation_id, self.worker_id, self.lease, module_sha256=self.runner.module_sha256
+                invocation_id,
+                self.worker_id,
+                self.lease,
+                moment,
+                module_sha256=self.runner.module_sha256,
             )
         except LeaseHeld as held:
             self._not_before[invocation_id] = held.until  # another worker's; look again later
@@ -262,8 +321,9 @@ class Dispatcher:
             return None
         except InvocationFinished:
             return None  # finished between the feed's read and the claim
+        observed.claimed(dispatch, moment + self.lease)
         self._not_before.pop(invocation_id, None)
-        self._inflight[invocation_id] = (dispatch.job_id, datetime.now(UTC))
+        self._inflight[invocation_id] = (dispatch.job_id, moment)
         job = self.service.get(dispatch.job_id)
         job_input = {
             "invocation_id": str(invocation_id),
@@ -274,13 +334,21 @@ class Dispatcher:
                 "settings": job.settings,
             },
         }
-        outcome = self.runner(dispatch, job_input)
-        self.stats.runs += 1
-        verdict = self._complete(dispatch, outcome, job.spec.get(SESSION_SERVICE_KEY))
-        self.stats.count(verdict)
-        return verdict
+        service_url = job.spec.get(SESSION_SERVICE_KEY)
+        return Run(dispatch, job_input, service_url if isinstance(service_url, str) else None)
 
-    def _complete(self, dispatch: Dispatch, outcome: RunOutcome, service_url: object) -> Verdict:
+    def execute(self, run: Run, observed: RunObserver = UNOBSERVED) -> RunOutcome:
+        """Runs the integration for a claimed run."""
+        outcome = self.runner(run.dispatch, run.job_input)
+        observed.ran(outcome.error_kind if outcome.ok is None else None)
+        self.stats.runs += 1
+        return outcome
+
+    def complete(
+        self, run: Run, outcome: RunOutcome, observed: RunObserver = UNOBSERVED
+    ) -> Completion:
+        """Hands the outcome to the guard as the action the declaration maps it to."""
+        dispatch = run.dispatch
         action, params = self.declaration.completion(outcome)
         try:
             verdict = self.completer.complete(dispatch, action, params)
@@ -289,24 +357,75 @@ class Dispatcher:
             bad = RunOutcome(error_kind="bad_output", message=str(exc))
             action, params = self.declaration.on_failure, failure_params(bad)
             verdict = self.completer.complete(dispatch, action, params)
-        if isinstance(verdict, Discarded) and action == self.declaration.on_success:
-            self._compensate(dispatch, params, service_url)
-        return verdict
+        observed.completed(action, verdict)
+        self._inflight.pop(dispatch.invocation_id, None)
+        self.stats.count(verdict)
+        return Completion(action, params, verdict)
 
-    def _compensate(
-        self, dispatch: Dispatch, params: Mapping[str, Any], service_url: object
-    ) -> None:
-        """A discarded SessionSpawned may have left a real session behind: stop it where the
-        job said its sessions live, and record that on the invocation (invariant 4). Never the
+    def compensate(
+        self, run: Run, completion: Completion, observed: RunObserver = UNOBSERVED
+    ) -> bool:
+        """A discarded success may have left a real session behind: stop it where the job
+        said its sessions live, and record that on the invocation (invariant 4). Never the
         session the job holds: with fenced calls a rerun of the run that spawned it is answered
-        with that same session, and its (duplicate) completion must not stop a healthy job's."""
-        session_id = params.get("session_id")
-        if self.sessions is None or not isinstance(session_id, str):
-            return
-        if not isinstance(service_url, str):
-            return
-        if self.service.get(dispatch.job_id).session_id == session_id:
-            return
-        if self.sessions.stop(service_url, session_id):
-            self.service.compensate(dispatch.invocation_id, session_id)
-            self.stats.compensated += 1
+        with that same session, and its (duplicate) completion must not stop a healthy job's.
+        That cannot change after this look: only the run that created a session can make a job
+        hold it, and that run is finished. A session the job no longer holds (it failed since)
+        is stopped here like any other; ``domain.orphan`` says which states hold one."""
+        session_id = completion.params.get("session_id")
+        if not (
+            isinstance(completion.verdict, Discarded)
+            and completion.action == self.declaration.on_success
+            and self.sessions is not None
+            and isinstance(session_id, str)
+            and run.service_url is not None
+        ):
+            return False
+        job = self.service.get(run.dispatch.job_id)
+        if holds_session(job.state, job.session_id, session_id):
+            return False
+        stopped = self.sessions.stop(run.service_url, session_id)
+        observed.compensated(session_id, stopped=stopped)
+        if not stopped:
+            return False  # left for reconciliation
+        self.service.compensate(run.dispatch.invocation_id, session_id)
+        self.stats.compensated += 1
+        return True
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def expire_overdue(self, now: datetime) -> int:
+        """Applies the Ready timeout to jobs whose run is in flight here, counted from the claim:
+        the everyday way a job moves on while its invocation is running, and so of late
+        completions. Returns how many jobs it failed."""
+        limit = self.timeouts.get(JobState.READY)
+        if limit is None:
+            return 0
+        claimed = list(self._inflight.values())
+        overdue = {job: None for job, since in claimed if job and now - since >= limit}
+        return sum(self.service.expire(job_id, now, self.timeouts) for job_id in overdue)
+
+    def sweep_deadlines(self, now: datetime) -> int:
+        """At most every ``sweep_interval``: fails jobs that sat in Queued, Running or
+        Finalizing past their state timeout. Ready is left to ``expire_overdue``, which counts
+        from the claim, so time spent waiting for a worker never times a job out."""
+        if now - self._swept_at < self.sweep_interval:
+            return 0
+        self._swept_at = now
+        due = self._deadlines.due(now, (JobState.READY,))
+        return sum(self.service.expire(job_id, now, self.timeouts) for job_id in due)
+
+    def reconcile_due(self, now: datetime) -> ReconcileReport | None:
+        """Reconciles every session service the store's jobs name once ``reconcile_interval``
+        has passed since the last time, or since the first call (a worker starting does not
+        add to a burst of restarts); see ``integrations/reconcile.py``. Else None."""
+        if self.reconciler is None or self.reconcile_interval is None:
+            return None
+        if self._reconciled_at is None:
+            self._reconciled_at = now
+        if now - self._reconciled_at < self.reconcile_interval:
+            return None
+        self._reconciled_at = now
+        report = self.reconciler.reconcile_all(now)
+        self.stats.orphans_stopped += report.stopped
+        return report

@@ -32,11 +32,10 @@ import json
 import logging
 import math
 import os
-import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -55,10 +54,8 @@ from wasmtime import (
     Trap,
     TrapCode,
     WasmtimeError,
-    wat2wasm,
 )
 
-from domain.errors import SequentError
 from domain.values import json_problems
 from integrations.host import (
     GuestAbiError,
@@ -76,6 +73,7 @@ from integrations.host import (
     write_guest,
 )
 from integrations.limits import PAGE_BYTES, SandboxLimits
+from integrations.module_files import ModuleRejected, read_module, to_wasm
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +90,6 @@ ErrorKind = Literal[
     "http_error",
 ]
 
-WASM_MAGIC: Final = b"\0asm"
 EPOCH_TICK_SECONDS: Final = 0.01
 ABI_VERSION: Final = 1
 
@@ -137,16 +134,6 @@ PRECEDENCE: Final[tuple[ErrorKind, ...]] = (
     "trap",
     "bad_output",
 )
-
-
-class ModuleRejected(SequentError):
-    """The bytes cannot be a module. ``reason``: too_large, not_wasm, invalid, unreadable or
-    not_a_file. The message never quotes the bytes: a module path may name any file."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"module rejected ({reason}): {detail}")
 
 
 @dataclass(frozen=True)
@@ -379,62 +366,6 @@ class Runtime:
         )
         store.set_epoch_deadline(epoch_ticks(limits.wall_clock_seconds))
         return store
-
-
-def read_module(path: Path, max_bytes: int) -> bytes:
-    """A module file's bytes. Only a regular file is read: a directory, device, FIFO or socket
-    is refused from its ``stat`` before it is opened (reading /dev/zero never ends, opening a
-    FIFO blocks), and checked again on the opened descriptor in case the path changed in
-    between. At most ``max_bytes + 1`` bytes are read, so a file that grew is refused too."""
-    try:
-        _check_module_file(path, path.stat(), max_bytes)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        with os.fdopen(fd, "rb") as file:
-            _check_module_file(path, os.fstat(file.fileno()), max_bytes)
-            data = file.read(max_bytes + 1)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        raise ModuleRejected("unreadable", f"{path}: {why}") from None
-    if len(data) > max_bytes:
-        raise ModuleRejected("too_large", f"{path}: more than {max_bytes} bytes")
-    return data
-
-
-# stat file type -> what to call it when refusing it
-NOT_FILES: Final[tuple[tuple[Callable[[int], bool], str], ...]] = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _check_module_file(path: Path, info: os.stat_result, max_bytes: int) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in NOT_FILES if test(info.st_mode)), "not a file")
-        raise ModuleRejected("not_a_file", f"{path} is {kind}, not a regular file")
-    if info.st_size > max_bytes:
-        raise ModuleRejected("too_large", f"{path}: {info.st_size} bytes exceeds {max_bytes}")
-
-
-def to_wasm(source: bytes | bytearray | str, max_bytes: int) -> bytes:
-    """The wasm binary for ``source`` (binary or WAT), after the size check. A source that is
-    neither is described by its size alone: wat2wasm's error would quote it, and it may be any
-    file someone pointed a module path at."""
-    if len(source) > max_bytes:
-        raise ModuleRejected("too_large", f"{len(source)} bytes exceeds the {max_bytes}-byte limit")
-    if isinstance(source, bytes | bytearray) and bytes(source[:4]) == WASM_MAGIC:
-        return bytes(source)
-    not_wasm = ModuleRejected("not_wasm", f"{len(source)} bytes, not a wasm module or WAT text")
-    try:
-        text = source if isinstance(source, str) else bytes(source).decode("utf-8")
-        wasm = bytes(wat2wasm(text))
-    except (UnicodeDecodeError, WasmtimeError):
-        raise not_wasm from None
-    if len(wasm) > max_bytes:
-        raise ModuleRejected("too_large", f"{len(wasm)} bytes exceeds the {max_bytes}-byte limit")
-    return wasm
 
 
 def abi_problem(exports: list[ExportType]) -> str | None:
@@ -720,11 +651,9 @@ __all__ = [
     "CacheStats",
     "ErrorKind",
     "LoadedModule",
-    "ModuleRejected",
     "Outcome",
     "RunResult",
     "Runtime",
-    "SandboxLimits",
     "default_runtime",
     "process_engine",
     "run",

@@ -21,8 +21,12 @@ from integrations.host import guest_error
 from integrations.limits import SandboxLimits
 from integrations.runtime import LoadedModule, RunResult, Runtime
 from integrations.session_client import SessionClient, SessionServiceError
+from integrations.telemetry import HttpCallSpan, http_call_span
 
 log = logging.getLogger(__name__)
+
+# What a guest hears from http_call once the run is void (its answer is never used).
+VOID_RUN = "not sent: the store is unavailable, this run will be repeated"
 
 # Guest log levels 0..4 (ABI v1) as Python logging levels.
 LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
@@ -50,20 +54,32 @@ class AuthorizedHost:
         self.job_id = job_id
         self.invocation_id = invocation_id
         self.attempt = attempt
+        self.denial: str | None = None  # why the last denied call was denied, in Cedar's terms
         self.store_failure: StoreUnavailable | None = None  # the run is void: see the module
 
     def http_call(self, request: dict[str, Any]) -> dict[str, Any]:
-        method, url = str(request.get("method", "")), str(request.get("url", ""))
+        method = str(request.get("method", ""))
+        # A span in the run's trace: this call's Cedar decision and the answer.
+        with http_call_span(method, self.job_id, self.invocation_id, self.attempt) as span:
+            answer = self._http_call(method, str(request.get("url", "")), request, span)
+            span.answered(answer)
+            return answer
+
+    def _http_call(
+        self, method: str, url: str, request: dict[str, Any], span: HttpCallSpan
+    ) -> dict[str, Any]:
         if self.store_failure is not None:
-            return guest_error("http_error", "not sent: the run is void (store unavailable)")
+            return guest_error("http_error", VOID_RUN)
         try:
             decision = self.authorizer.check(
                 self.integration, self.module_sha256, method, url, self.job_id, self.invocation_id
             )
         except StoreUnavailable as exc:
             self.store_failure = exc
-            return guest_error("http_error", "not sent: the run is void (store unavailable)")
+            return guest_error("http_error", VOID_RUN)
+        span.decided(decision)
         if not decision.allowed:
+            self.denial = decision.reason
             return guest_error("denied", decision.reason, decision.decision_id)
         # The guest's own Host, fencing and hop-by-hop headers were dropped when its request was
         # read (host.guest_headers); httpx sets Host from the URL Cedar checked. The key is the
@@ -84,19 +100,27 @@ class AuthorizedHost:
         log.log(python_level, "%s[%s]: %s", self.integration, self.invocation_id[:8], message)
 
 
-def outcome_of(result: RunResult) -> RunOutcome:
+def outcome_of(result: RunResult, denial: str | None = None) -> RunOutcome:
     """A sandbox result in the declaration's terms. The host's own record of a denial or an
-    HTTP failure wins over whatever kind the guest claims."""
+    HTTP failure wins over whatever kind the guest claims, and a denial is told in the host's
+    words (``denial``), not the guest's. The message never starts with the kind: the one
+    who reports the failure names the kind once (``failure_params``: "denied: …"), and the
+    runtime's message for a guest's error is already "<guest kind>: <guest message>"."""
     if result.outcome == "ok":
         return RunOutcome(ok=result.output)
-    guest_kind = (result.output or {}).get("kind") if result.outcome == "error" else None
-    message = result.message or str((result.output or {}).get("message", ""))
+    output = (result.output or {}) if result.outcome == "error" else {}
+    guest_kind = output.get("kind")
+    kind = result.error_kind or (guest_kind if isinstance(guest_kind, str) else None)
+    if kind == "denied" and denial is not None:
+        message = denial
+    elif output:
+        message = str(output.get("message", ""))
+    else:
+        message = result.message
+    # The host's own words may quote what no store can hold (a trap names the guest's
+    # functions); they are recorded with it escaped, never refused.
     return RunOutcome(
-        error_kind=result.error_kind or (guest_kind if isinstance(guest_kind, str) else None),
-        # The host's own words may quote what no store can hold (a trap names the guest's
-        # functions); they are recorded with it escaped, never refused.
-        message=escape_unstorable(message),
-        decision_id=result.decision_id,
+        error_kind=kind, message=escape_unstorable(message), decision_id=result.decision_id
     )
 
 
@@ -142,7 +166,7 @@ class SandboxRunner:
         result = self.runtime.run(self.module, job_input, host, self.limits)
         if host.store_failure is not None:
             raise host.store_failure
-        return outcome_of(result)
+        return outcome_of(result, host.denial)
 
 
 class SessionStopper:

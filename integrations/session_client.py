@@ -12,10 +12,14 @@ import json
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, Self
+from urllib.parse import quote
 
 import httpx
 
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
+
+# Where a job's spec names the session service its integration talks to.
+SESSION_SERVICE_KEY = "session_service"
 
 ErrorKind = Literal["http_error", "bad_request"]
 
@@ -156,17 +160,22 @@ class SessionClient:
             )
         return session_id
 
-    def delete(self, session_id: str) -> bool:
-        """DELETE the session: True if it was deleted, False if the service did not know it."""
-        answer = self.request("DELETE", f"/sessions/{session_id}")
+    def delete(self, session_id: str, service_url: str = "") -> bool:
+        """DELETE the session: True if it was deleted, False if the service did not know it.
+        ``service_url`` names another service than ``base_url``."""
+        path = f"/sessions/{quote(session_id, safe='')}"  # one path segment, whatever it holds
+        answer = self.request("DELETE", f"{service_url.rstrip('/')}{path}")
         if answer["status"] == 404:
             return False
         self._expect(answer, f"DELETE /sessions/{session_id}", 204, 200)
         return True
 
-    def list(self) -> list[dict[str, Any]]:
-        """The live sessions: ``[{"session_id", "message", "created"}, …]``."""
-        body = self._expect(self.request("GET", "/sessions"), "GET /sessions", 200)
+    def list(self, service_url: str = "") -> list[dict[str, Any]]:
+        """The live sessions: ``[{"session_id", "message", "created"}, …]``, each with the
+        ``idempotency_key`` it was created with where the service records one.
+        ``service_url`` names another service than ``base_url``."""
+        url = f"{service_url.rstrip('/')}/sessions"
+        body = self._expect(self.request("GET", url), "GET /sessions", 200)
         if not isinstance(body, list):
             raise SessionServiceError("http_error", "GET /sessions: answer is not a list")
         return body

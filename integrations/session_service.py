@@ -11,7 +11,8 @@ ephemeral port by default) running in a daemon thread:
   nothing: however often an invocation runs, it spawns at most one session.
 * ``DELETE /sessions/{id}`` → 204, or 404 if no such live session.
 * ``GET /sessions`` → 200 ``[{"session_id", "message", "created"}, …]`` (live sessions, oldest
-  first); ``GET /sessions/{id}`` → 200 one session, or 404.
+  first), each with the ``idempotency_key`` it was created with, if any; ``GET /sessions/{id}``
+  → 200 one session, or 404.
 * Every error has a JSON body ``{"error": "<text>"}``; unknown paths are 404, other methods 405.
 
 Fault injection is seeded and decided per request *index* (0, 1, 2, … in arrival order), never by
@@ -64,9 +65,14 @@ class Session:
     session_id: str
     message: dict[str, Any]
     created: float  # unix seconds
+    idempotency_key: str | None = None  # the key of the request that created it
 
     def as_json(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "message": self.message, "created": self.created}
+        item = {"session_id": self.session_id, "message": self.message, "created": self.created}
+        if self.idempotency_key is not None:
+            # Reconciliation names the run a session came from by it (integrations/reconcile.py)
+            item["idempotency_key"] = self.idempotency_key
+        return item
 
 
 @dataclass(frozen=True)
@@ -482,7 +488,9 @@ class SessionService:
             first = self._state.by_idempotency_key.get(idempotency_key or "")
             if first is not None:
                 return 200, {"session_id": first.session_id, "created": first.created}
-            session = Session(f"s-{uuid.uuid4().hex[:16]}", message, time.time())
+            session = Session(
+                f"s-{uuid.uuid4().hex[:16]}", message, time.time(), idempotency_key
+            )
             self._state.sessions[session.session_id] = session
             if idempotency_key is not None:
                 self._state.by_idempotency_key[idempotency_key] = session

@@ -7,9 +7,12 @@ service)``, as bootstrap's ``System.projections`` does), which follows the log t
 ``verify.py`` (replay parity). A read model is a ``Projection`` (``projection.py``: the base
 class and the writes it asks for), one module each — ``job_status.py``, ``dispatch_audit.py``,
 ``sessions.py``, ``decisions.py`` — listed in ``catalog.py``; their tables and row types are in
-``schema.py``, and ``recorders.py`` stores them with the library's tracking recorders in the
-events' own database. The audit: ``timeline.py`` loads a job's ``Timeline`` (state at any
-version, JSON, export) from records in ``timeline_records.py``; ``invariants.py`` re-checks
+``schema.py`` (with each one's ``<name>_skipped`` table: the events it could not fold, which
+never stop it), and ``recorders.py`` stores them with the library's tracking recorders in the
+events' own database, one rebuild of a projection at a time. ``verify.py`` also checks the log
+itself: transitions against the table, undecodable events, every job snapshot. The audit:
+``timeline.py`` loads a job's ``Timeline`` (state at any version, folded from its events; JSON,
+export) from records in ``timeline_records.py``; ``invariants.py`` re-checks
 DESIGN.md §1 from its JSON alone. ``errors.py`` holds the typed errors and the one translation
 of driver errors; ``progress.py`` and ``gc_pause.py`` serve long replays.
 

@@ -17,8 +17,7 @@ from eventsourcing.persistence import (
 )
 
 from domain.errors import SequentError
-from domain.store_errors import store_call
-from domain.store_url import first_line
+from domain.store_errors import first_line, store_call
 
 # What a batch or a query can fail with that is about the data or the statement, not the
 # connection: the read models' tables refused it.
@@ -66,6 +65,18 @@ class ProjectionFailed(ReadModelError):
         super().__init__(f"projection {projection} failed after notification {position}: {why}")
 
 
+class RebuildInProgress(ReadModelError):
+    """Another process (or thread) is rebuilding the projection: one rebuild of a projection
+    runs at a time, as a second would drop the first's shadow tables. Nothing was changed."""
+
+    def __init__(self, projection: str, holder: str) -> None:
+        self.projection = projection
+        super().__init__(
+            f"a rebuild of {projection} is already running ({holder}); "
+            "run it again once that one has finished"
+        )
+
+
 class UnsupportedStore(SequentError):
     def __init__(self, kind: str) -> None:
         super().__init__(f"read models need a SQLite, PostgreSQL or memory store, not {kind}")
@@ -98,6 +109,16 @@ class VersionOutOfRange(AuditError):
         self.version = version
         self.latest = latest
         super().__init__(f"job {job_id} has versions 1..{latest}; there is no version {version!r}")
+
+
+class UnreadableEvent(AuditError):
+    """An event of the job's history cannot be decoded (its row was written or changed by hand):
+    the audit cannot show it, and says which one rather than guessing."""
+
+    def __init__(self, aggregate: str, aggregate_id: object, version: int, why: str) -> None:
+        self.aggregate_id = aggregate_id
+        self.version = version
+        super().__init__(f"{aggregate} {aggregate_id}: event {version} cannot be read: {why}")
 
 
 class ExportFailed(AuditError):

@@ -4,7 +4,9 @@
 It shares no code with the loader (``projections.timeline``): it folds the job's JSON events
 through its own reading of the transition table and re-derives each invocation's completions
 from its JSON events, so a mistake in the loader shows up as a disagreement instead of being
-repeated.
+repeated. Each job event is also checked against the table from the state the event before it
+left the job in (``domain.log.invalid_step``): the log can hold a transition the table forbids
+(written by a command that trusted a corrupted snapshot), and a fold alone would not show it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain import DiscardReason
+from domain.log import JOB, invalid_step
 from domain.transitions import TRANSITIONS, JobState
 
 COMPLETION_EVENTS = frozenset(TRANSITIONS[a].event for a in ("SessionSpawned", "Fail"))
@@ -113,6 +116,14 @@ class _Checker:
             self.flag(f"the first job event is {self.events[0]['name']}, not Created")
         if self.t["version"] != versions[-1]:
             self.flag(f"version {self.t['version']} but the last event is {versions[-1]}")
+        # Each event valid, by the table, from the state the one before it left the job in: a
+        # fold cannot show this (every event fixes the state it leaves, whatever it follows).
+        before: str | None = None
+        for e, after in zip(self.events, self.states, strict=True):
+            why = invalid_step(f"{JOB}.{e['name']}", before)
+            if why is not None:
+                self.flag(f"job v{e['version']}: invalid transition: {why}")
+            before = after.state
         last = self.states[-1]
         for key in ("state", "attempt", "session_id", "current_invocation", "failure"):
             if self.t.get(key, getattr(last, key)) != getattr(last, key):
@@ -306,10 +317,15 @@ class _Checker:
                 )
 
     def check_decisions(self, decisions: list[Mapping[str, Any]]) -> None:
+        # A denial joins the decision already pending for its request, so a job may show a
+        # decision another job asked for: only one its own failure names.
+        named = {e["data"].get("decision_id") for e in self.events if e["name"] == "Failed"}
         for n, d in enumerate(decisions, 1):
             what = f"decision {n} ({d['id']})"
             if d["job_id"] != self.t["job"]:
-                self.flag(f"{what} belongs to job {d['job_id']}")
+                if d["id"] not in named:
+                    self.flag(f"{what} belongs to job {d['job_id']} and no failure names it")
+                continue
             names = [e["name"] for e in d["events"]]
             if not names or names[0] != "Requested" or len(names) > 2:
                 self.flag(f"{what} events are {names}, not Requested then one decision")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.log import Notice
-from projections.schema import Table
+from projections.schema import Table, skipped_table
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,16 @@ class Projection(ABC):
     @property
     def table(self) -> Table:
         return self.tables[0]
+
+    @property
+    def skipped(self) -> Table:
+        """The events of its topics it could not fold (``schema.skipped_table``)."""
+        return skipped_table(self.name)
+
+    @property
+    def stored_tables(self) -> tuple[Table, ...]:
+        """Every table kept for it, created, rebuilt and swapped together."""
+        return (*self.tables, self.skipped)
 
     @abstractmethod
     def writes(self, batch: Sequence[Notice], lookup: Lookup) -> list[Write]:

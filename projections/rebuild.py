@@ -15,7 +15,7 @@ from domain.store_errors import STORE_ERRORS
 from projections.gc_pause import gc_paused
 from projections.progress import ProgressCallback
 from projections.projection import Projection
-from projections.recorders import Fetch, ReadModels
+from projections.recorders import Fetch, KeepLock, ReadModels, Swapped
 
 REBUILD_BATCH = 5000
 
@@ -46,25 +46,11 @@ def rebuild_projection(
     progress: ProgressCallback | None = None,
 ) -> RebuildReport:
     """Replays ``projection`` into shadow tables and swaps them in; ``progress`` is called
-    with (position, head) as the replay advances."""
+    with (position, head) as the replay advances. RebuildInProgress, changing nothing, while
+    another rebuild of it runs (``ReadModels.rebuild_lock``)."""
     started = perf_counter()
-    store.create_shadow(projection)
-    try:
-        with gc_paused():
-            events, after, head = 0, 0, log.head()
-            if progress:
-                progress(0, head)
-            for batch, upto in log.batches(0, head, projection.topics, batch_size):
-                store.apply(projection, batch, after=after, upto=upto, shadow=True)
-                events += len(batch)
-                after = upto
-                if progress:
-                    progress(after, head)
-            swapped = store.swap(projection, log.head, _fetch(log, projection, batch_size))
-    except BaseException:
-        with suppress(*STORE_ERRORS):  # the next rebuild drops it first anyway
-            store.drop_shadow(projection)
-        raise
+    with store.rebuild_lock(projection) as keep:
+        swapped, events = _replay_and_swap(store, log, projection, batch_size, progress, keep)
     if progress:
         progress(swapped.position, swapped.position)
     seconds = perf_counter() - started
@@ -80,6 +66,35 @@ def rebuild_projection(
         events_per_second=round(events / seconds, 1) if seconds > 0 else 0.0,
         live_error=swapped.live_error,
     )
+
+
+def _replay_and_swap(
+    store: ReadModels,
+    log: LogReader,
+    projection: Projection,
+    batch_size: int,
+    progress: ProgressCallback | None,
+    keep: KeepLock,
+) -> tuple[Swapped, int]:
+    store.create_shadow(projection)
+    try:
+        with gc_paused():
+            events, after, head = 0, 0, log.head()
+            if progress:
+                progress(0, head)
+            for batch, upto in log.batches(0, head, projection.topics, batch_size):
+                store.apply(projection, batch, after=after, upto=upto, shadow=True)
+                events += len(batch)
+                after = upto
+                keep()
+                if progress:
+                    progress(after, head)
+            swapped = store.swap(projection, log.head, _fetch(log, projection, batch_size))
+    except BaseException:
+        with suppress(*STORE_ERRORS):  # the next rebuild drops it first anyway
+            store.drop_shadow(projection)
+        raise
+    return swapped, events
 
 
 def _fetch(log: LogReader, projection: Projection, batch_size: int) -> Fetch:

@@ -18,17 +18,24 @@ Rebuild writes into shadow tables (``<table>__rebuild``, tracking
 ``Sequent.<projection>#rebuild``) while the live ones keep serving and following; ``swap``
 then, in one transaction holding both tracking locks, brings the shadow (and, for the checksum
 comparison, the live projection) up to the head, drops the live tables, renames the shadow
-ones in and moves the live tracking row.
+ones in and moves the live tracking row. One rebuild of a projection runs at a time, across
+processes (``rebuild_lock``): on PostgreSQL a session advisory lock keyed by schema and
+projection, on SQLite — which has none, and whose only lock held for long would stop every
+writer — a lease row in ``projection_rebuilds``, renewed between batches. A second rebuild
+fails at once with RebuildInProgress rather than dropping the first one's shadow tables.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -43,18 +50,21 @@ from eventsourcing.sqlite import (
     SQLiteFactory,
     SQLiteTrackingRecorder,
 )
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Literal
 
-from domain.log import Notice
+from domain.log import UNREADABLE, Notice
 from domain.service import CurationService
-from domain.store_url import first_line
-from projections.errors import UnsupportedStore
-from projections.projection import Insert, Projection, Upsert, Write
+from domain.store_errors import first_line
+from domain.store_url import ddl_lock_key
+from projections.errors import RebuildInProgress, UnsupportedStore
+from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import INT, Table
 
 SHADOW_SUFFIX = "__rebuild"
 LOOKUP_CHUNK = 500  # keys per IN (...) query
 CHECKSUM_PAGE = 5000  # rows per keyset page while hashing
+SKIPPED_ERROR_CHARS = 300  # of the error recorded for a skipped event
+REBUILD_LEASE_SECONDS = 60.0  # SQLite: a rebuild that stops renewing its lease loses it after
 
 # What a driver raises from inside a transaction (the datastores translate on the way out).
 DB_ERRORS: tuple[type[Exception], ...] = (PersistenceError, sqlite3.Error, psycopg.Error)
@@ -96,6 +106,9 @@ class Swapped:
 
 Fetch = Callable[[int, int], Iterator[list[Notice]]]
 """Batches of a projection's notifications in (after, upto]."""
+KeepLock = Callable[[], None]
+"""Called by a rebuild between batches: renews its lock where that is a lease, and raises
+RebuildInProgress if the lock was lost."""
 
 
 def shadow_name(table: Table) -> str:
@@ -183,7 +196,7 @@ class ReadModels(ABC):
     def _projection_ddl(self, projections: Sequence[Projection]) -> list[str]:
         statements: list[str] = []
         for projection in projections:
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 statements.append(self._create_table_sql(table, table.name))
                 statements.extend(self._index_sql(table, table.name))
         return statements
@@ -281,7 +294,37 @@ class ReadModels(ABC):
         def lookup(table: Table, keys: Collection[str]) -> dict[str, tuple[Any, ...]]:
             return self._lookup(c, table, keys, shadow)
 
-        for write in projection.writes(batch, lookup):
+        try:
+            writes = projection.writes(batch, lookup)
+        except UNREADABLE:
+            # An event the store accepted that this projection cannot fold must not stop it
+            # (DESIGN.md §1 invariant 5): fold the batch again one event at a time — the same
+            # result, as a fold does not depend on where batches end — and record the ones
+            # that fail as skipped. A fold raises before it asks for any write.
+            writes = self._writes_skipping(projection, batch, lookup, c, shadow)
+        self._execute(c, writes, shadow)
+
+    def _writes_skipping(
+        self,
+        projection: Projection,
+        batch: Sequence[Notice],
+        lookup: Lookup,
+        c: Any,
+        shadow: bool,
+    ) -> list[Write]:
+        skipped: list[tuple[Any, ...]] = []
+        for notice in batch:
+            try:
+                writes = projection.writes([notice], lookup)
+            except UNREADABLE as exc:
+                why = first_line(exc)[:SKIPPED_ERROR_CHARS]
+                skipped.append((notice.id, notice.topic, notice.key, notice.version, why))
+                continue
+            self._execute(c, writes, shadow)  # before the next event's lookups
+        return [Insert(projection.skipped, skipped)]
+
+    def _execute(self, c: Any, writes: Sequence[Write], shadow: bool) -> None:
+        for write in writes:
             if write.rows:
                 c.executemany(self._write_sql(write, shadow), write.rows)
 
@@ -358,7 +401,7 @@ class ReadModels(ABC):
         with self._transaction(write=False, snapshot=True) as c:
             tracked = self._read_position(c, self.tracking_key(projection))
             highest = 0
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f'SELECT MAX("position") FROM {self._qualified(table.name)}')
                 highest = max(highest, int(self._fetchall(c)[0][0] or 0))
         return tracked, highest
@@ -414,7 +457,7 @@ class ReadModels(ABC):
         shadow tracking row at 0. Whatever an interrupted rebuild left is dropped first."""
         with self._transaction(write=True) as c:
             self._lock_row(c, self.tracking_key(projection, shadow=True))
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
                 c.execute(self._create_table_sql(table, shadow_name(table)))
             self._set_position(c, self.tracking_key(projection, shadow=True), 0)
@@ -422,7 +465,7 @@ class ReadModels(ABC):
     def drop_shadow(self, projection: Projection) -> None:
         with self._transaction(write=True) as c:
             self._lock_row(c, self.tracking_key(projection, shadow=True))
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(shadow_name(table))}")
             self._delete_position(c, self.tracking_key(projection, shadow=True))
 
@@ -455,7 +498,7 @@ class ReadModels(ABC):
             rows, checksum_rebuilt = self._checksum(
                 c, projection.table, shadow_name(projection.table)
             )
-            for table in projection.tables:
+            for table in projection.stored_tables:
                 c.execute(f"DROP TABLE IF EXISTS {self._qualified(table.name)}")
                 for statement in self._rename_sql(table, shadow_name(table), table.name):
                     c.execute(statement)
@@ -464,6 +507,11 @@ class ReadModels(ABC):
             self._set_position(c, live_key, target)
             self._delete_position(c, shadow_key)
         return Swapped(events, target, live, checksum_live, checksum_rebuilt, rows, live_error)
+
+    @abstractmethod
+    def rebuild_lock(self, projection: Projection) -> AbstractContextManager[KeepLock]:
+        """Held for the whole of a rebuild of ``projection`` by one rebuild at a time, across
+        processes; RebuildInProgress at once if another holds it."""
 
     # -- corruption, for tests and operators ------------------------------------------------
 
@@ -498,7 +546,54 @@ class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
         return [
             *super().construct_create_table_statements(),
             *self._projection_ddl(self.projections),
+            "CREATE TABLE IF NOT EXISTS projection_rebuilds (projection TEXT PRIMARY KEY, "
+            "holder TEXT NOT NULL, expires REAL NOT NULL)",
         ]
+
+    @contextmanager
+    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
+        key = self.tracking_key(projection)
+        holder = f"pid {os.getpid()} on {socket.gethostname()}, {uuid4().hex[:8]}"
+        self._lease(projection, key, holder, take=True)
+        try:
+            yield lambda: self._lease(projection, key, holder, take=False)
+        finally:
+            with suppress(*DB_ERRORS), self._transaction(write=True) as c:
+                c.execute(
+                    "DELETE FROM projection_rebuilds WHERE projection = ? AND holder = ?",
+                    (key, holder),
+                )
+
+    def _lease(self, projection: Projection, key: str, holder: str, *, take: bool) -> None:
+        """Takes (``take``: if free or expired) or renews the lease; the first statement is a
+        write, so the check and the change are one step under SQLite's write lock."""
+        now = time.time()
+        expires = now + REBUILD_LEASE_SECONDS
+        with self._transaction(write=True) as c:
+            if take:
+                c.execute(
+                    "INSERT INTO projection_rebuilds (projection, holder, expires) "
+                    "VALUES (?, ?, ?) ON CONFLICT (projection) DO UPDATE SET "
+                    "holder = excluded.holder, expires = excluded.expires "
+                    "WHERE projection_rebuilds.expires < ?",
+                    (key, holder, expires, now),
+                )
+            else:
+                c.execute(
+                    "UPDATE projection_rebuilds SET expires = ? "
+                    "WHERE projection = ? AND holder = ?",
+                    (expires, key, holder),
+                )
+            c.execute(
+                "SELECT holder, expires FROM projection_rebuilds WHERE projection = ?", (key,)
+            )
+            rows = self._fetchall(c)
+        if not rows:
+            raise RebuildInProgress(projection.name, "this rebuild's lease was taken away")
+        found, until = rows[0]
+        if found != holder:
+            left = max(float(until) - now, 0.0)
+            raise RebuildInProgress(projection.name, f"{found}, lease for {left:.0f} s more")
 
     @contextmanager
     def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
@@ -564,6 +659,14 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
         self.app_name = app_name
         self.projections = tuple(projections)
         super().__init__(datastore, tracking_table_name=POSTGRES_TRACKING_TABLE)
+        # The library runs these in one transaction: taking the store's DDL lock first makes
+        # concurrent openers create the tables one at a time, as the event store's are.
+        self.sql_create_statements.insert(
+            0,
+            SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(
+                Literal(ddl_lock_key(datastore.schema))
+            ),
+        )
         self.sql_create_statements.extend(
             SQL(s).format() for s in self._projection_ddl(self.projections)
         )
@@ -577,6 +680,23 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
 
     def _qualified(self, name: str) -> str:
         return f'"{self.datastore.schema}"."{name}"'
+
+    @contextmanager
+    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
+        # A session lock on a connection of its own, held until released or the session
+        # ends: a rebuild that dies lets go of it with its connection.
+        key = f"{self.datastore.schema}.{self.tracking_key(projection)}"
+        with self.datastore.get_connection() as conn:
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS taken", (key,)
+            ).fetchone()
+            if row is None or not row["taken"]:
+                raise RebuildInProgress(projection.name, "another session holds its lock")
+            try:
+                yield lambda: None
+            finally:
+                with suppress(*DB_ERRORS):
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
     def _tracking_table(self) -> str:
         return self._qualified(self.tracking_table_name)
@@ -633,8 +753,10 @@ def open_read_models(service: CurationService, projections: Sequence[Projection]
 
 
 def _create_tables(store: ReadModels) -> None:
-    # Two processes creating the same tables at once can collide on PostgreSQL's catalog;
-    # CREATE ... IF NOT EXISTS makes a second attempt a no-op.
+    # On PostgreSQL the DDL itself runs under the store's DDL lock (PostgresReadModels), but
+    # the library decides whether to record its tracking table's migration row before taking
+    # it: a second opener that looked before the first committed records it again, and a
+    # second attempt, which looks again, is a no-op.
     for attempt in range(3):
         try:
             store.create_table()

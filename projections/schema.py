@@ -9,6 +9,7 @@ which is how ``verify`` tells a tracking position that was moved behind its rows
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import cache
 from typing import Any
 
 TEXT = "text"
@@ -149,6 +150,26 @@ DECISIONS = Table(
 )
 
 
+@cache
+def skipped_table(projection: str) -> Table:
+    """Where ``projection`` records each event of its topics it could not fold — a payload that
+    does not decode, or lacks what the fold reads — instead of stopping on it (DESIGN.md §1
+    invariant 5: no event the store accepted stops a read model). One row per event, written
+    in the transaction that moves the projection past it; ``status`` counts them, ``verify``
+    lists them."""
+    return Table(
+        f"{projection}_skipped",
+        (
+            _i("position", True),  # the event's notification id
+            _t("topic", True),
+            _t("aggregate_id", True),
+            _i("version", True),
+            _t("error", True),  # the decoder's or the fold's error, one line
+        ),
+        key="position",
+    )
+
+
 # -- rows as the Python API hands them out ------------------------------------------------------
 
 
@@ -212,6 +233,15 @@ class DecisionRow:
     position: int
 
 
+@dataclass(frozen=True)
+class SkippedRow:
+    position: int
+    topic: str
+    aggregate_id: str
+    version: int
+    error: str
+
+
 ROW_TYPES: dict[str, type[Any]] = {
     JOB_STATUS.name: JobStatusRow,
     DISPATCH_AUDIT.name: AuditRow,
@@ -222,7 +252,7 @@ ROW_TYPES: dict[str, type[Any]] = {
 
 def to_row(table: Table, values: tuple[Any, ...]) -> Any:
     """A stored tuple as the table's row dataclass (flags become booleans)."""
-    row_type = ROW_TYPES[table.name]
+    row_type = ROW_TYPES.get(table.name, SkippedRow)
     names = [f.name for f in fields(row_type)]
     assert tuple(names) == table.column_names, (names, table.column_names)
     if row_type is SessionRow:

@@ -12,9 +12,13 @@ models are checked against.
    (``Unrecognised``: their dispatch_audit rows, then their events) and the Cedar decisions
    about the job (their rows, then each one's events up to the row's version). Neither costs a
    pass over the notification log;
-4. the job as of its latest version (``repository.get(version=...)``, from a snapshot).
+4. nothing more for the job's state at any version: ``Timeline.state_at(v)`` folds the job's
+   own events up to ``v`` — the state the table says event ``v`` leaves a job in
+   (``STATE_AFTER``), and the fields the last events before it that set them recorded (only
+   those are decoded: ten thousand progress entries cost ten thousand topic lookups). No
+   snapshot is read, so a snapshot row changed by hand cannot change what the audit says.
 
-``Timeline.state_at(v)`` is time travel through ``svc.repository.get(job_id, version=v)``;
+``Timeline.state_at(v)`` is time travel over those events;
 ``Timeline.to_json()`` is complete enough for ``check_invariants`` (``projections.invariants``)
 to re-check the invariants of DESIGN.md §1 offline, from the JSON alone;
 ``Timeline.export_jsonl(path)`` writes every event (job, invocations, decisions) as one JSON
@@ -53,13 +57,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.utils import resolve_topic
 
 from domain import (
     CurationService,
@@ -68,12 +71,20 @@ from domain import (
     JobNotFound,
     as_uuid,
 )
-from domain.job import CurationJob
-from domain.log import JOB_STARTS_INVOCATION, JOB_TOPICS
-from domain.store_errors import store_call
+from domain.log import (
+    JOB_CREATED,
+    JOB_FAILED,
+    JOB_RETRIED,
+    JOB_SESSION_SPAWNED,
+    JOB_STARTS_INVOCATION,
+    JOB_TOPICS,
+    STATE_AFTER,
+    UNREADABLE,
+)
+from domain.store_errors import first_line, store_call
 from projections.decisions import DecisionsProjection
 from projections.dispatch_audit import DispatchAuditProjection
-from projections.errors import ExportFailed, VersionOutOfRange
+from projections.errors import ExportFailed, UnreadableEvent, VersionOutOfRange
 from projections.gc_pause import gc_paused
 from projections.runner import Projections
 from projections.timeline_records import (
@@ -87,6 +98,12 @@ from projections.timeline_records import (
 # The read models the audit reads: which decisions are about the job, which unrecognised
 # invocations name it.
 READ_MODELS = (DecisionsProjection.name, DispatchAuditProjection.name)
+# The job events that set a field of JobStateAt besides the state (which every job event sets,
+# by the table), as the aggregate's @event bodies do: the only ones state_at decodes.
+_SETS_FIELDS = frozenset(
+    {JOB_CREATED, JOB_RETRIED, JOB_SESSION_SPAWNED, JOB_FAILED, *JOB_STARTS_INVOCATION}
+)
+_FAILURE_KEYS = ("reason", "message", "decision_id")
 
 
 class StoredHistory(Sequence[HistoryEntry]):
@@ -114,13 +131,25 @@ class StoredHistory(Sequence[HistoryEntry]):
             return [self[i] for i in range(*index.indices(len(self)))]
         entry = self._decoded[index]
         if entry is None:
-            event = self._mapper.to_domain_event(self._stored[index])
+            stored = self._stored[index]
+            try:
+                event = self._mapper.to_domain_event(stored)
+            except UNREADABLE as exc:
+                raise UnreadableEvent(
+                    self._aggregate,
+                    stored.originator_id,
+                    stored.originator_version,
+                    first_line(exc),
+                ) from None
             entry = self._decoded[index] = HistoryEntry.of(self._aggregate, event)
         return entry
 
     def name(self, index: int) -> str:
         """The event's class name (``ProgressRecorded``...), from its topic: no decoding."""
-        return str(resolve_topic(self._stored[index].topic).__name__)
+        return self.topic(index).rsplit(".", 1)[-1]
+
+    def topic(self, index: int) -> str:
+        return self._stored[index].topic
 
     def version(self, index: int) -> int:
         return self._stored[index].originator_version
@@ -133,23 +162,21 @@ class Timeline:
         self,
         svc: CurationService,
         job_id: UUID,
-        events: Sequence[HistoryEntry],
+        events: StoredHistory,
         invocations: Sequence[InvocationRecord],
         decisions: Sequence[DecisionRecord],
         missing_invocations: Sequence[UUID] = (),
     ) -> None:
         self.svc = svc
         self.job_id = job_id
-        self.events = events  # the job's own events (a StoredHistory when loaded)
+        self.events = events  # the job's own events
         self.invocations = tuple(invocations)
         self.decisions = tuple(decisions)
         # Invocation ids a job event names but the store has no events for (an integrity
         # problem: Submitted and Started are saved together). check_invariants reports them.
         self.missing_invocations = tuple(missing_invocations)
-        if isinstance(events, StoredHistory):
-            self.version = events.version(len(events) - 1)  # without decoding it
-        else:
-            self.version = events[-1].version
+        self.version = events.version(len(events) - 1)  # without decoding it
+        self._setting_fields = [i for i in range(len(events)) if events.topic(i) in _SETS_FIELDS]
         self.current = self._read_state(self.version)
 
     @classmethod
@@ -188,37 +215,52 @@ class Timeline:
         read_models.catch_up(READ_MODELS)
         for history in _unrecognised(svc, read_models, job_uuid, {str(i) for i in started}):
             invocations.append(InvocationRecord.of(label_for(len(invocations)), history))
-        decisions = _decisions(svc, read_models, job_uuid)
+        named = {
+            events[i].data.get("decision_id") for i, e in enumerate(stored) if e.topic == JOB_FAILED
+        }
+        decisions = _decisions(svc, read_models, job_uuid, {str(d) for d in named if d})
         return cls(svc, job_uuid, events, invocations, decisions, missing)
 
     # -- time travel --------------------------------------------------------------------------
 
     def state_at(self, version: int) -> JobStateAt:
-        """The job as it was right after event ``version`` (1 = Created), rebuilt from the
-        nearest snapshot at or before it plus the events after. VersionOutOfRange outside
-        1..``self.version``."""
+        """The job as it was right after event ``version`` (1 = Created), folded from its
+        events (see the module doc). VersionOutOfRange outside 1..``self.version``."""
         if isinstance(version, bool) or not isinstance(version, int):
             raise VersionOutOfRange(self.job_id, version, self.version)
         if not 1 <= version <= self.version:
             raise VersionOutOfRange(self.job_id, version, self.version)
         if version == self.version:
-            return self.current  # read once at load: decoding a big snapshot again costs ms
+            return self.current
         return self._read_state(version)
 
     def _read_state(self, version: int) -> JobStateAt:
-        with store_call(self.svc.url):
-            job: object = self.svc.repository.get(self.job_id, version=version)
-        if not isinstance(job, CurationJob) or job.version != version:
-            raise JobNotFound(self.job_id)
+        events = self.events
+        attempt, session_id, current_invocation = 1, None, None
+        failure: dict[str, Any] | None = None
+        for index in self._setting_fields:
+            if index >= version:
+                break
+            topic, data = events.topic(index), events[index].data
+            # .get: an event written by hand may lack a field; the audit shows what is there
+            # (and check_invariants says what is wrong) rather than stop.
+            if topic == JOB_RETRIED:
+                attempt, failure = data.get("attempt", attempt + 1), None
+            elif topic == JOB_SESSION_SPAWNED:
+                session_id = data.get("session_id")
+            elif topic == JOB_FAILED:
+                failure = {key: data.get(key) for key in _FAILURE_KEYS}
+            elif topic in JOB_STARTS_INVOCATION:
+                current_invocation = data.get("invocation_id")
         return JobStateAt(
             job_id=self.job_id,
-            version=job.version,
-            state=str(job.state),
-            attempt=job.attempt,
-            session_id=job.session_id,
-            current_invocation=job.current_invocation,
-            failure=dict(job.failure) if job.failure is not None else None,
-            at=job.modified_on,
+            version=version,
+            state=str(STATE_AFTER[events.topic(version - 1)]),
+            attempt=attempt,
+            session_id=session_id,
+            current_invocation=current_invocation,
+            failure=failure,
+            at=events[version - 1].timestamp,
         )
 
     # -- what it holds -------------------------------------------------------------------------
@@ -255,9 +297,7 @@ class Timeline:
 
     def _collapsed(self, limit: int) -> list[HistoryEntry]:
         events = self.events
-        name: Callable[[int], str] = (
-            events.name if isinstance(events, StoredHistory) else lambda i: events[i].name
-        )
+        name = events.name
         rows: list[HistoryEntry] = []
         start, total = 0, len(events)
         while start < total:
@@ -385,12 +425,17 @@ def _unrecognised(
 
 
 def _decisions(
-    svc: CurationService, read_models: Projections, job_id: UUID
+    svc: CurationService, read_models: Projections, job_id: UUID, named: set[str]
 ) -> list[DecisionRecord]:
-    """The Cedar decisions about this job as the decisions read model has them, in the order
-    they were requested, each with its events up to the version its row has folded (so a
-    decision approved since the catch-up shows as the row does, and row and events agree)."""
+    """The Cedar decisions about this job as the decisions read model has them — those it asked
+    for, and those its failures name (a denial joins the decision another job's denial of the
+    same request opened) — in the order they were requested, each with its events up to the
+    version its row has folded (so a decision approved since the catch-up shows as the row
+    does, and row and events agree)."""
     rows = read_models.decisions(job_id=str(job_id))
+    asked = {r.decision_id for r in rows}
+    for decision_id in sorted(named - asked):
+        rows += read_models.decisions(decision_id=decision_id)
     rows.sort(key=lambda r: (r.requested_at or "", r.decision_id))
     records: list[DecisionRecord] = []
     for row in rows:

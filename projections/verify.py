@@ -12,8 +12,16 @@ past the head is impossible, and a position behind the rows (a row carries the p
 event that last changed it) means the projection would apply events twice. A position moved
 forward shows up as rows missing or stale against the replay.
 
-It needs the read models' recorder, the log reader and the projection definitions; catching a
-projection up is the runner's job, which the caller passes in (``catch_up``).
+The history itself is checked too, since a read model can equal a fold of events that should
+never have been written: the replay to the head checks every job event against the transition
+table from the state the job's previous event left it in (``invalid_transition``), reports an
+event it cannot decode or fold (``undecodable``; that aggregate is not folded further), and
+every job snapshot is compared with the fold of its events up to its version (``snapshot``,
+``domain.snapshots.check_snapshots``). Each counts as drift.
+
+It needs the read models' recorder, the log reader, the service (for its snapshots) and the
+projection definitions; catching a projection up is the runner's job, which the caller passes
+in (``catch_up``).
 
 Memory: the replay holds every aggregate (up to the highest position) at once.
 """
@@ -24,6 +32,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
 
 from domain.authorization import Decision
 from domain.job import CurationJob
@@ -35,8 +46,13 @@ from domain.log import (
     FINISHED,
     INVOCATION,
     JOB,
+    JOB_TRANSITIONS,
+    UNREADABLE,
     LogReader,
+    invalid_step,
 )
+from domain.snapshots import check_snapshots
+from domain.store_errors import first_line
 from projections.catalog import PROJECTIONS
 from projections.errors import ProjectionFailed
 from projections.projection import Projection
@@ -51,10 +67,17 @@ _REPLAYED = (f"{JOB}.", f"{INVOCATION}.", f"{DECISION}.")
 _SESSION_SPAWNED = "SessionSpawned"
 
 
+# Discrepancy.projection of what is wrong in the store itself rather than in a read model.
+EVENTS = "events"  # invalid_transition, undecodable: key "<aggregate id>@<version>"
+SNAPSHOTS = "snapshots"  # snapshot: key "<job id>@<version>"
+
+
 @dataclass(frozen=True)
 class Discrepancy:
-    projection: str
-    kind: str  # missing | extra | drifted | tracking
+    projection: str  # a read model, or EVENTS / SNAPSHOTS
+    # A read model's: missing | extra | drifted | tracking | skipped;
+    # the store's: invalid_transition | undecodable | snapshot.
+    kind: str
     key: str
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> expected, actual
     message: str = ""
@@ -69,28 +92,33 @@ class ProjectionCheck:
     drifted: int
     missing: int
     extra: int
+    skipped: int = 0  # events it recorded as skipped (could not fold); counted as drifted
 
 
 @dataclass(frozen=True)
 class VerifyReport:
     checked: int  # rows compared (the union of expected and stored keys) over all projections
-    drifted: int  # rows whose columns differ, plus unsound tracking positions
+    drifted: int  # rows whose columns differ, unsound tracking positions, and history problems
     missing: int  # rows the replay implies that a projection lacks
     extra: int  # rows a projection holds that the replay does not imply
     ok: bool
     head: int
     projections: list[ProjectionCheck]
     details: list[Discrepancy]  # the first DETAILS_LIMIT discrepancies
+    snapshots: int = 0  # job snapshots compared with the fold of their events
+    history: int = 0  # invalid transitions, undecodable events, snapshots that differ
 
 
 def verify_read_models(
     store: ReadModels,
     log: LogReader,
+    app: Application[UUID],
     *,
     catch_up: Callable[[Projection], object] | None = None,
 ) -> VerifyReport:
     """Checks every projection's tracking position, then (with ``catch_up``) brings each sound
-    one to the head, then compares each with the replay up to its position."""
+    one to the head, then compares each with the replay up to its position, and checks the
+    history (the replay to the head) and ``app``'s snapshots."""
     head = log.head()
     problems: list[Discrepancy] = []
     unsound: set[str] = set()
@@ -109,16 +137,19 @@ def verify_read_models(
             except ProjectionFailed as exc:
                 problems.append(Discrepancy(projection.name, "tracking", "", message=str(exc)))
                 unsound.add(projection.name)
-    snapshots = {projection.name: store.snapshot(projection) for projection in PROJECTIONS}
+    views = {projection.name: store.snapshot(projection) for projection in PROJECTIONS}
     head = max(log.head(), head)
     replays: dict[int, Expected] = {}
-    for position in sorted({min(s.position, head) for s in snapshots.values()}):
+    for position in sorted({head, *(min(v.position, head) for v in views.values())}):
         replays[position] = replay(log, position)
+    snapshots_checked, history = _history_problems(replays[head], app)
+    problems.extend(history)
     checks: list[ProjectionCheck] = []
     for projection in PROJECTIONS:
-        snapshot = snapshots[projection.name]
+        snapshot = views[projection.name]
         expected = replays[min(snapshot.position, head)].rows(projection.table)
         found = compare(projection, expected, snapshot.rows)
+        skipped = _skipped(projection, store.select(projection.skipped))
         tracking = sum(1 for p in problems if p.projection == projection.name)
         checks.append(
             ProjectionCheck(
@@ -126,13 +157,15 @@ def verify_read_models(
                 position=snapshot.position,
                 head=head,
                 checked=len(expected.keys() | {_key(projection.table, r) for r in snapshot.rows}),
-                drifted=sum(1 for d in found if d.kind == "drifted") + tracking,
+                drifted=sum(1 for d in found if d.kind == "drifted") + tracking + len(skipped),
                 missing=sum(1 for d in found if d.kind == "missing"),
                 extra=sum(1 for d in found if d.kind == "extra"),
+                skipped=len(skipped),
             )
         )
+        problems.extend(skipped)
         problems.extend(found)
-    drifted = sum(c.drifted for c in checks)
+    drifted = sum(c.drifted for c in checks) + len(history)
     missing = sum(c.missing for c in checks)
     extra = sum(c.extra for c in checks)
     return VerifyReport(
@@ -144,7 +177,35 @@ def verify_read_models(
         head=head,
         projections=checks,
         details=problems[:DETAILS_LIMIT],
+        snapshots=snapshots_checked,
+        history=len(history),
     )
+
+
+def _history_problems(expected: Expected, app: Application[UUID]) -> tuple[int, list[Discrepancy]]:
+    """(snapshots checked, what is wrong in the store itself): the replay's invalid transitions
+    and undecodable events, then every snapshot that is not the fold of its events."""
+    jobs = [key for key, a in expected.aggregates.items() if isinstance(a, CurationJob)]
+    checked, found = check_snapshots(app, jobs)
+    snapshots = [
+        Discrepancy(SNAPSHOTS, "snapshot", f"{p.aggregate_id}@{p.version}", p.fields, p.why)
+        for p in found
+    ]
+    return checked, [*expected.problems, *snapshots]
+
+
+def _skipped(projection: Projection, rows: Sequence[tuple[Any, ...]]) -> list[Discrepancy]:
+    """The events the projection recorded as skipped: its rows cannot be the fold of the log
+    when it left events out, whatever the comparison says."""
+    return [
+        Discrepancy(
+            projection.name,
+            "skipped",
+            str(position),
+            message=f"{topic.rsplit('.', 1)[-1]} of {key}@{version} not folded: {error}",
+        )
+        for position, topic, key, version, error in rows
+    ]
 
 
 def _tracking_problem(
@@ -206,6 +267,8 @@ class Expected:
 
     aggregates: dict[str, Any] = field(default_factory=dict)
     last_position: dict[str, int] = field(default_factory=dict)
+    problems: list[Discrepancy] = field(default_factory=list)  # EVENTS: invalid, undecodable
+    unreadable: set[str] = field(default_factory=set)  # aggregates not folded past a bad event
     completions: list[Completion] = field(default_factory=list)
     compensations: dict[str, list[tuple[int, str, Any]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -316,16 +379,30 @@ class Expected:
 
 
 def replay(log: LogReader, upto: int) -> Expected:
-    """Replays every job, invocation and decision in the log up to ``upto``."""
+    """Replays every job, invocation and decision in the log up to ``upto``, noting each job
+    event the transition table forbids and each event that cannot be decoded or folded."""
     expected = Expected()
     pending: dict[str, Any] = {}  # invocation id -> its Finished event awaiting a verdict
     for notice in log.notices((), after=0, upto=upto, limit=REPLAY_BATCH):
         topic = notice.topic
-        if not topic.startswith(_REPLAYED):
-            continue
-        event: Any = notice.event
         key = notice.key
-        expected.aggregates[key] = event.mutate(expected.aggregates.get(key))
+        if not topic.startswith(_REPLAYED) or key in expected.unreadable:
+            continue
+        before = expected.aggregates.get(key)
+        at = f"{key}@{notice.version}"
+        if topic in JOB_TRANSITIONS:
+            state = getattr(before, "state", None)
+            why = invalid_step(topic, None if state is None else str(state))
+            if why is not None:
+                expected.problems.append(Discrepancy(EVENTS, "invalid_transition", at, message=why))
+        try:
+            event: Any = notice.event
+            expected.aggregates[key] = event.mutate(before)
+        except UNREADABLE as exc:
+            expected.unreadable.add(key)
+            why = f"notification {notice.id} ({topic}): {first_line(exc)}; not folded further"
+            expected.problems.append(Discrepancy(EVENTS, "undecodable", at, message=why))
+            continue
         expected.last_position[key] = notice.id
         if topic == FINISHED:
             pending[key] = event

@@ -1,25 +1,30 @@
 """Store fixtures: every test gets its own SQLite file or PostgreSQL schema, dropped afterwards.
 
 PostgreSQL is the server on 127.0.0.1:5432 (override with SEQUENT_TEST_PG). When it cannot be
-reached, its tests skip on a developer's machine and *fail* when CI=true.
+reached, its tests skip on a developer's machine and *fail* when CI=true. Headless Chromium
+(``chromium``, tests/support/browser.py) is the same: installed from Debian's package when
+missing, and when it cannot be had, skipped on a developer's machine, failed under CI=true.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from bootstrap import Settings, open_service
 from domain import CurationService
 from integrations.session_service import SessionService
 from scripts import cli
+from tests.support.browser import CHROMIUM, ensure_chromium
 from tests.support.cli import Cli, Ran
 
 PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -28,6 +33,12 @@ PG_URL = os.environ.get("SEQUENT_TEST_PG", "postgresql://postgres@127.0.0.1:5432
 CHECKOUT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SEQUENT_MODULE_DIR", str(CHECKOUT / ".sequent" / "modules"))
 STORES = ("memory", "sqlite", "postgres")
+
+
+def _required_or_skip(what: str, problem: str) -> NoReturn:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} under CI=true: {problem}")
+    pytest.skip(f"{what} (set CI=true to make this fail): {problem}")
 
 
 def _pg_reachable() -> str | None:
@@ -43,9 +54,18 @@ def pg_server() -> str:
     problem = _pg_reachable()
     if problem is None:
         return PG_URL
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable under CI=true: {problem}")
-    pytest.skip(f"PostgreSQL unreachable (set CI=true to make this fail): {problem}")
+    _required_or_skip(f"PostgreSQL at {PG_URL} is unreachable", problem)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of Debian's headless Chromium, installed (once, for every test worker of this
+    run, under a lock) when missing."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    problem = ensure_chromium(Path(tempfile.gettempdir()) / f"sequent-chromium-{run}")
+    if problem is not None:
+        _required_or_skip("headless Chromium is unavailable", problem)
+    return str(CHROMIUM)
 
 
 @pytest.fixture
@@ -96,7 +116,8 @@ def sessions() -> Iterator[SessionService]:
 
 @pytest.fixture
 def svc(store_url: str) -> Iterator[CurationService]:
-    service = CurationService.open(store_url)
+    """The service as every entry point opens it: through the composition root."""
+    service = open_service(Settings(store_url=store_url))
     yield service
     service.close()
 

@@ -27,6 +27,7 @@ from domain import (
     MalformedId,
     SequentError,
 )
+from integrations.authorizer import CedarAuthorizer
 from projections.errors import VersionOutOfRange
 from projections.invariants import check_invariants
 from projections.runner import Projections
@@ -445,6 +446,11 @@ def a_second_verdict(p: dict[str, Any]) -> None:
     events.insert(i + 1, copy.deepcopy(events[i]))
 
 
+def another_jobs_decision(p: dict[str, Any]) -> None:
+    other = {"id": str(uuid4()), "job_id": str(uuid4()), "status": "pending", "events": []}
+    p["decisions"].append({**other, "invocation_id": None})
+
+
 TAMPERS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "a Discarded claimed as Applied": (discarded_into_applied, "disagree with its recorded"),
     "a Discarded event rewritten as Applied": (discarded_event_into_applied, "Applied at job v7"),
@@ -457,6 +463,7 @@ TAMPERS: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "completions[] edited alone": (completions_disagree, "disagree with its recorded events"),
     "a job effect with no invocation": (job_event_without_its_invocation, "0 matching Applied"),
     "two verdicts for one Finished": (a_second_verdict, "without a Finished before it"),
+    "another job's decision no failure names": (another_jobs_decision, "no failure names it"),
 }
 
 
@@ -687,3 +694,29 @@ def test_an_invocation_shows_the_module_of_its_latest_claim_that_names_one() -> 
     assert sha(started, old_claim) == "started"
     assert sha(started, old_claim, claim) == "ran"
     assert sha(started, old_claim, claim, renewed) == "ran"
+
+
+def test_a_job_whose_denial_joined_another_jobs_decision_shows_that_decision(
+    svc: CurationService,
+) -> None:
+    """Denials of one request share one pending decision, recorded with the first job's id;
+    the second job's audit still shows it, because its failure names it."""
+    authorizer = CedarAuthorizer(svc.policies)
+    first, second = (svc.create_job({"target": "t"}) for _ in range(2))
+    outcomes = []
+    for job_id in (first, second):
+        dispatch = svc.submit(job_id)
+        outcome = authorizer.check(
+            "build_session_message", "f" * 64, "POST", "http://127.0.0.1:9/sessions",
+            str(job_id), str(dispatch.invocation_id),
+        )  # fmt: skip
+        assert outcome.decision_id is not None
+        outcomes.append(outcome.decision_id)
+        denied = {"reason": "authorization_denied", "decision_id": outcome.decision_id}
+        svc.complete(dispatch, "Fail", {**denied, "message": "denied"})
+    assert outcomes[0] == outcomes[1]
+
+    for job_id in (first, second):
+        audit = Timeline.load(svc, job_id).to_json()
+        assert [d["id"] for d in audit["decisions"]] == [outcomes[0]], job_id
+        assert check_invariants(audit) == []

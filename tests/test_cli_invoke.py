@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from bootstrap import Settings
 from domain import CurationService
 from domain.cedar import default_policies
 from integrations.modules.build import build_session_message_wasm
 from integrations.session_service import SessionService
 from scripts import cli
+from tests.support.cli import Cli
 
 MODULES = Path(__file__).parent / "modules"
 KEYS = {"outcome", "error_kind", "message", "output", "fuel_used", "seconds"}
@@ -93,3 +96,20 @@ def test_bad_input_is_one_line(
     assert out == ""
     assert len(err.splitlines()) == 1
     assert fragment in err
+
+
+def test_a_cli_submitted_job_run_by_sequent_worker_shows_the_module_that_ran(
+    sequent: Cli, tmp_path: Path
+) -> None:
+    """Issue 8: the submitter knows no module; the worker records the one it ran, and the audit
+    shows that sha (no policy: the run is denied, and still claimed by that module)."""
+    db = f"sqlite:///{tmp_path / 'jobs.db'}"
+    job = sequent("job", "create", "--spec", '{"target": "t"}', "--db", db, "--json").json()
+    sequent("job", "submit", job["job_id"], "--db", db, "--json").json()
+    assert sequent("worker", "--once", "--db", db).code == 0
+
+    audit = sequent("audit", job["job_id"], "--db", db, "--json").json()
+    [run] = audit["invocations"]
+    ran = hashlib.sha256(build_session_message_wasm(Settings.from_env().modules_dir).read_bytes())
+    assert run["module_sha256"] == ran.hexdigest()
+    assert [c["verdict"] for c in run["completions"]] == ["Applied"]

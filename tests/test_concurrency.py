@@ -20,6 +20,7 @@ from domain import (
     DiscardReason,
     JobState,
 )
+from domain.store_errors import BACKOFF, MAX_CONFLICT_RETRIES, Backoff
 from tests.support.fakes import open_interleaving
 
 
@@ -118,9 +119,50 @@ def test_conflicts_past_the_bound_raise_and_write_nothing() -> None:
     before = worker.get(job_id).version
     worker.interleave = rival_records_progress_first
     worker.max_conflict_retries = 3
+    waits: list[float] = []
+    worker.conflict_backoff = Backoff(sleep=waits.append, jitter=lambda: 1.0)  # no real sleep
     with pytest.raises(ConcurrencyError) as caught:
         worker.execute(job_id, "RecordProgress", {"entry": "mine"})
     assert caught.value.attempts == 3
+    assert waits == [0.002, 0.004], "a wait between attempts, none after the last"
     job = worker.get(job_id)
     assert job.version == before + len(rival_writes) == before + 3
     assert job.progress == ["rival"] * 3, "the conflicting command wrote nothing"
+
+
+def test_the_backoff_doubles_up_to_its_cap_with_full_jitter_and_a_bounded_total() -> None:
+    waits: list[float] = []
+    draws = iter([1.0, 0.5, 0.0, 1.0, 1.0, 1.0, 1.0])
+    backoff = Backoff(base=0.002, cap=0.03, sleep=waits.append, jitter=lambda: next(draws))
+    for conflicts in range(1, 8):
+        backoff.wait(conflicts)
+    assert waits == pytest.approx([0.002, 0.002, 0.0, 0.016, 0.03, 0.03, 0.03])
+    assert BACKOFF.worst_case(MAX_CONFLICT_RETRIES) <= 0.5
+
+
+def test_four_writers_hammering_one_job_never_run_out_of_retries(shared_store_url: str) -> None:
+    """4 threads x 70 commands on one Running job. Without a wait between attempts, 8 of them
+    ran out in 11 to 41 of the 280 commands (PostgreSQL); with the backoff and 25 attempts, in
+    3 of 14,000 over 50 runs (none on SQLite): a run may see one, never a handful."""
+    workers = [CurationService.open(shared_store_url) for _ in range(4)]
+    try:
+        job_id = workers[0].create_job({"target": "t"})
+        workers[0].complete(workers[0].submit(job_id), "SessionSpawned", {"session_id": "s"})
+
+        def hammer(worker: CurationService) -> list[str]:
+            ran_out = []
+            for n in range(70):
+                try:
+                    worker.execute(job_id, "RecordProgress", {"entry": f"{id(worker)}-{n}"})
+                except ConcurrencyError as exc:
+                    ran_out.append(str(exc))
+            return ran_out
+
+        with ThreadPoolExecutor(len(workers)) as pool:
+            ran_out = [e for errors in pool.map(hammer, workers) for e in errors]
+
+        assert len(ran_out) <= 2, ran_out
+        assert len(workers[0].get(job_id).progress) == 280 - len(ran_out)
+    finally:
+        for worker in workers:
+            worker.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain import TRANSITIONS, Applied
+import pytest
+
+from domain import TRANSITIONS, Applied, CurationService
 from integrations.host import NoNetwork
 from integrations.runtime import Runtime
 
@@ -60,3 +62,23 @@ def test_readme_python_example_runs() -> None:
     assert isinstance(namespace["r"], Applied)
     job = namespace["svc"].get(namespace["job_id"])  # type: ignore[attr-defined]
     assert (job.state, job.attempt) == ("Queued", 2)
+
+
+def test_readme_composition_root_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second Python block: the root's two builders, as the README shows them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEQUENT_DB", raising=False)
+    text = README.read_text()
+    first = text.index("```python\n")
+    start = text.index("```python\n", first + 1) + len("```python\n")
+    example = text[start : text.index("```", start)]
+    namespace: dict[str, object] = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    svc = namespace["svc"]
+    assert isinstance(svc, CurationService)
+    assert svc.url == "sqlite:///jobs.db"
+    assert (tmp_path / "jobs.db").is_file()
+    assert (tmp_path / ".sequent" / "sequent.db").is_file()  # from_env(): the state folder
+    svc.close()

@@ -31,12 +31,6 @@ FORGED_HEADERS = Path(__file__).parent / "modules" / "fencing" / "forged_headers
 
 
 @pytest.fixture
-def sessions() -> Iterator[SessionService]:
-    with SessionService(seed=4) as service:
-        yield service
-
-
-@pytest.fixture
 def runner(sessions: SessionService) -> Iterator[SandboxRunner]:
     svc = CurationService.open("memory://")
     svc.policies.add_policy(default_policies(sessions.url))

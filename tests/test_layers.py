@@ -17,15 +17,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("bootstrap", "domain", "integrations", "projections", "scripts", "tests")
+FIRST_PARTY = (
+    "bootstrap", "console", "domain", "integrations", "projections", "scripts", "simulation",
+    "tests",
+)  # fmt: skip
 
 # package -> the first-party packages its code may import (itself always allowed)
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "domain": frozenset(),
     "integrations": frozenset({"domain"}),
     "projections": frozenset({"domain"}),
-    "bootstrap": frozenset({"domain", "integrations", "projections"}),
-    "scripts": frozenset({"bootstrap", "domain", "integrations", "projections"}),
+    "console": frozenset({"domain", "projections"}),
+    "bootstrap": frozenset({"domain", "integrations", "projections", "console"}),
+    "scripts": frozenset(
+        {"bootstrap", "console", "domain", "integrations", "projections", "simulation"}
+    ),
+    "simulation": frozenset({"domain", "integrations"}),
 }
 
 

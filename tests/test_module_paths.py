@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from integrations.runtime import ModuleRejected, Runtime, SandboxLimits
+from integrations.limits import SandboxLimits
+from integrations.module_files import ModuleRejected
+from integrations.runtime import Runtime
 from tests.support.cli import Cli
 
 SECRET = "XYZZY-PLUGH-0xDEADBEEF"
-# ModuleRejected is a refusal (1) until scripts/output.py lists it with the bad-input errors (2).
+# A module file the user named is bad input.
 MODULE_REJECTED_EXIT = 2
 
 

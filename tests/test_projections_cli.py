@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,11 +21,8 @@ from domain import CurationService
 from projections.progress import progress_bar
 from projections.runner import Projections
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
-from tests.support.cli import Cli
+from tests.support.cli import ROOT, SEQUENT, Cli
 from tests.support.oracle import Workload, completions, fold_history
-
-ROOT = Path(__file__).resolve().parent.parent
-SEQUENT = str(Path(sys.executable).parent / "sequent")
 
 
 @pytest.fixture
@@ -132,12 +128,58 @@ def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationServic
     assert report["checked"] == sum(len(v) for v in fold_history(incident).values())
     with Projections.open(db) as p:
         p.store.execute('UPDATE decisions SET "status" = ?', ("approved",))
-    drift = sequent("verify", "--json").json()
+    drift = sequent("verify", "--json").failed_json()  # exit 1: DESIGN.md §5
     assert (drift["drifted"], drift["ok"]) == (1, False)
     (detail,) = drift["details"]
     assert detail["projection"] == "decisions"
     assert detail["fields"] == {"status": {"expected": "pending", "actual": "approved"}}
-    assert "DRIFT" in sequent("verify").out
+    human = sequent("verify")
+    assert human.code == EXIT_FAILED
+    assert "DRIFT" in human.out
+
+
+@pytest.fixture
+def incident_store(shared_store_url: str) -> str:
+    """The incident's store on SQLite and on PostgreSQL, its read models at the head."""
+    with Projections.open(shared_store_url) as p:
+        Workload(p.service).incident(jobs=3, seed=1)
+        p.service.policies.request_decision(
+            integration="build_session_message", endpoint="http://h:1/s"
+        )
+        p.catch_up()
+    return shared_store_url
+
+
+def test_rebuild_exits_1_when_the_live_checksum_differed(sequent: Cli, incident_store: str) -> None:
+    db = ("--db", incident_store)
+    with Projections.open(incident_store) as p:
+        table = p.store.qualified("decisions")
+        p.store.execute(f'UPDATE {table} SET "status" = ?', ("approved",))
+    ran = sequent("rebuild", "--projection", "decisions", "--json", *db)
+    report = ran.failed_json()  # the report is still printed
+    assert report["equal"] is False
+    assert report["checksum_live"] != report["checksum_rebuilt"]
+    every = sequent("rebuild", "--json", *db).json()  # the rebuilt tables are in place: equal
+    assert every["equal"] is True
+    assert sequent("verify", "--json", *db).json()["ok"] is True
+
+
+def test_status_shows_a_position_past_the_head_as_negative_lag_and_drift(
+    sequent: Cli, incident_store: str
+) -> None:
+    db = ("--db", incident_store)
+    with Projections.open(incident_store) as p:
+        head = p.head()
+        p.store.force_position(p.projection("sessions"), head + 5)
+    rows = {s["projection"]: s for s in sequent("status", "--json", *db).json()}
+    assert (rows["sessions"]["lag"], rows["job_status"]["lag"]) == (-5, 0)
+    assert rows["sessions"]["drift"] == (
+        f"position {head + 5} is past the head {head}: rebuild the projection"
+    )
+    assert rows["job_status"]["drift"] is None
+    human = sequent("status", *db)
+    assert "DRIFT" in human.out
+    assert f"sessions: position {head + 5} is past the head" in human.out
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,9 @@ from wasmtime import wat2wasm
 
 from integrations.host import NoNetwork, guest_error, pack, unpack
 from integrations.invoke import invoke_module, sample_input
-from integrations.runtime import (
-    ModuleRejected,
-    RunResult,
-    Runtime,
-    SandboxLimits,
-)
+from integrations.limits import SandboxLimits
+from integrations.module_files import ModuleRejected
+from integrations.runtime import RunResult, Runtime
 
 MODULES = Path(__file__).parent / "modules"
 INPUT: dict[str, Any] = {

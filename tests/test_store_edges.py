@@ -20,6 +20,7 @@ from domain import CurationService, StoreUnavailable, StoreURLError
 from domain.errors import StoreBusy
 from domain.store_errors import store_failure
 from domain.store_url import parse_store_url, redact
+from projections import Projections
 from tests.support.cli import Cli
 from tests.support.fakes import event_count
 
@@ -222,13 +223,18 @@ def test_a_sqlite_file_that_is_not_a_database_is_store_unavailable(
     assert path.read_bytes() == junk, "left as it was"
 
 
-def test_concurrent_openers_of_a_fresh_schema_all_succeed(pg_server: str) -> None:
+@pytest.mark.parametrize("read_models", [False, True], ids=["store", "store+read_models"])
+def test_concurrent_openers_of_a_fresh_schema_all_succeed(
+    pg_server: str, read_models: bool
+) -> None:
+    """A deployment starting several workers (or consoles, or `sequent project`s) at once: every
+    opener of the store, and of its read models, creates tables under one DDL lock."""
     openers, rounds = 8, 3
     schemas = [f"t_open_{uuid.uuid4().hex[:12]}" for _ in range(rounds)]
     failures: list[str] = []
     try:
         for schema in schemas:
-            failures += open_all_at_once(f"{pg_server}?schema={schema}", openers)
+            failures += open_all_at_once(f"{pg_server}?schema={schema}", openers, read_models)
     finally:
         with psycopg.connect(pg_server, autocommit=True) as admin:
             for schema in schemas:
@@ -238,7 +244,7 @@ def test_concurrent_openers_of_a_fresh_schema_all_succeed(pg_server: str) -> Non
     assert failures == []
 
 
-def open_all_at_once(url: str, openers: int) -> list[str]:
+def open_all_at_once(url: str, openers: int, read_models: bool) -> list[str]:
     start = threading.Barrier(openers)
     failures: list[str] = []
 
@@ -246,6 +252,8 @@ def open_all_at_once(url: str, openers: int) -> list[str]:
         start.wait()
         try:
             svc = CurationService.open(url)
+            if read_models:
+                Projections(svc).close()
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
         else:

@@ -1,5 +1,5 @@
 """``sequent audit JOB [--at VERSION] [--json] [--export FILE]``: one job's timeline read from
-the event store (projections/audit.py), its invocations labelled A, B, C…, every completion's
+the event store (projections/timeline.py), its invocations labelled A, B, C…, every completion's
 verdict and reason, the Cedar decisions that touched it, and its state as of any version.
 
 ``--json`` prints ``Timeline.to_json()`` (plus ``"at"`` with ``--at``); ``--export FILE``

@@ -1,12 +1,12 @@
 """The ``sequent`` command line (DESIGN.md §5): the parser, the dispatch table, ``main``.
 
 Why it looks like this: each command group is a module (``jobs``, ``authorization``,
-``audit``, ``read_models``, ``runtime``, ``race``, ``demo``, ``bench``) with the same two
-members, ``add_parsers(sub, common)`` and ``HANDLERS`` (``args.command`` -> handler), so
-adding a command touches one module and this table of groups. Every handler starts at the
-composition root (root.py) and prints through output.py; ``main`` runs it under the error
-contract: one line on stderr and a documented exit code, never a traceback. ``--db`` and
-``--json`` work before or after the subcommand.
+``audit``, ``read_models``, ``runtime``, ``race``, ``invariants``, ``demo``, ``bench``,
+``serve``) with the same two members, ``add_parsers(sub, common)`` and ``HANDLERS``
+(``args.command`` -> handler), so adding a command touches one module and this table of
+groups. Every handler starts at the composition root (root.py) and prints through output.py;
+``main`` runs it under the error contract: one line on stderr and a documented exit code,
+never a traceback. ``--db`` and ``--json`` work before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -16,11 +16,22 @@ from collections.abc import Mapping
 
 from bootstrap.settings import DEFAULT_STATE_DIR, HOME_ENV
 from domain.store_url import DB_URL_ENV
-from scripts.cli import audit, authorization, bench, demo, jobs, race, read_models, runtime
+from scripts.cli import (
+    audit,
+    authorization,
+    bench,
+    demo,
+    invariants,
+    jobs,
+    race,
+    read_models,
+    runtime,
+    serve,
+)
 from scripts.cli.args import Handler
 from scripts.cli.output import EXIT_STATUS_HELP, OneLineParser, reporting_errors
 
-GROUPS = (jobs, authorization, audit, read_models, runtime, race, demo, bench)
+GROUPS = (jobs, authorization, audit, read_models, runtime, race, invariants, demo, bench, serve)
 HANDLERS: Mapping[str, Handler] = {
     command: handler for group in GROUPS for command, handler in group.HANDLERS.items()
 }

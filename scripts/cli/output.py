@@ -31,7 +31,7 @@ from domain import (
     StoreURLError,
     UnknownAction,
 )
-from integrations.runtime import ModuleRejected
+from integrations.module_files import ModuleRejected
 from projections.timeline_records import plain
 
 EXIT_OK = 0
@@ -43,7 +43,8 @@ EXIT_STATUS_HELP = """\
 exit status:
   0  done
   1  refused or failed: unknown job, invalid transition (the 409 of sequent), unreachable
-     store, conflicts past the retry bound, a demo fact that did not hold
+     store, conflicts past the retry bound, a demo fact that did not hold, drift found by
+     verify or rebuild (their report is still printed)
   2  bad input: usage errors, malformed JSON, ids or store URLs, unknown actions, invalid
      params, an action offered through the wrong command
 every error is exactly one line on stderr, "sequent: error: ...", and writes nothing"""

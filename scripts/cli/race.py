@@ -9,8 +9,9 @@ exists for.
 
 ``--baseline`` replays the same seed with the completion handling of the incident: completions
 are not correlated with their invocation, and a 409 (``InvalidTransition``) is treated as the
-integration's own failure and dispatched as ``Fail``. That behaviour lives only here, in
-``IncidentCompleter``, never in ``domain/``. ``--compare`` runs both, side by side.
+integration's own failure and dispatched as ``Fail``. That behaviour lives only in
+``simulation/incident.py`` (``sequent simulate --baseline`` replays it too), never in
+``domain/``. ``--compare`` runs both, side by side.
 
 The benchmark (scripts/bench/race.py) times ``run_race`` too.
 """
@@ -30,27 +31,23 @@ from uuid import UUID
 
 import anyio
 import anyio.to_thread
-from eventsourcing.persistence import IntegrityError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from bootstrap import Settings, System, build_system
 from domain import (
-    Applied,
     CurationService,
     Dispatch,
-    InvalidTransition,
     JobState,
     StoreURLError,
     Verdict,
 )
 from domain.cedar import default_policies
-from domain.invocation import Invocation
-from domain.job import CurationJob
 from integrations.session_service import SessionService
 from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_int
 from scripts.cli.output import OneLineParser, emit
+from simulation.incident import IncidentCompleter
 
 SETTLED = frozenset({JobState.RUNNING, JobState.FAILED, JobState.COMPLETED})
 # Failures an operator retries after approving decisions; anything else is left as it is.
@@ -90,44 +87,6 @@ class CountingCompleter:
         ):
             self.stale += 1
         verdict: Verdict = self.inner.complete(dispatch, action, params)
-        return verdict
-
-
-class IncidentCompleter:
-    """The incident's integration, for ``--baseline`` only: it applies a completion to
-    whatever state the job is in, ignoring which run it came from, and turns the 409 it then
-    gets into the job's failure."""
-
-    def __init__(self, service: CurationService) -> None:
-        self.service = service
-
-    def complete(
-        self, dispatch: Dispatch, action: str, params: Mapping[str, Any] | None = None
-    ) -> Verdict:
-        values = dict(params or {})
-        for _ in range(self.service.max_conflict_retries):
-            try:
-                return self._apply(dispatch, action, values)
-            except IntegrityError:
-                continue
-        raise RuntimeError("baseline completion kept conflicting")
-
-    def _apply(self, dispatch: Dispatch, action: str, values: dict[str, Any]) -> Verdict:
-        job: CurationJob = self.service.repository.get(dispatch.job_id)
-        invocation: Invocation = self.service.repository.get(dispatch.invocation_id)
-        try:
-            if action == "SessionSpawned":
-                job._require(action)  # the entity's own check, and nothing else
-                job._session_spawned(session_id=values["session_id"], invocation_id=None)
-            else:
-                job.fail(**values)
-        except InvalidTransition as conflict:  # the 409 ...
-            job = self.service.repository.get(dispatch.job_id)
-            if job.allows("Fail"):  # ... treated as the integration's own failure
-                job.fail(reason="service_error", message=f"409 {conflict}")
-        verdict = Applied(dispatch.invocation_id, job.version)
-        invocation.record(action, values, verdict)
-        self.service.save(job, invocation)
         return verdict
 
 

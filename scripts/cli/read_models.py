@@ -20,7 +20,7 @@ from projections.rebuild import RebuildReport
 from projections.recorders import hash_rows
 from projections.verify import VerifyReport
 from scripts.cli.args import Args, Handler, Subcommands, add_command, positive_float, positive_int
-from scripts.cli.output import OneLineParser, emit, short, table
+from scripts.cli.output import EXIT_FAILED, EXIT_OK, OneLineParser, emit, short, table
 from scripts.cli.root import read_models
 from scripts.cli.signals import stop_on_signals
 
@@ -113,6 +113,10 @@ def run_sessions(args: Args) -> int:
     return emit(args.json, payload, lambda out, _: render(out, rows))
 
 
+def flag(drift: str | None) -> str | None:
+    return None if drift is None else "DRIFT"
+
+
 def run_status(args: Args) -> int:
     with read_models(args) as p:
         statuses = p.status()
@@ -121,10 +125,16 @@ def run_status(args: Args) -> int:
         out.print(
             table(
                 "read models",
-                ("projection", "position", "head", "lag", "rows"),
-                [(s.projection, s.position, s.head, s.lag, s.rows) for s in rows],
+                ("projection", "position", "head", "lag", "rows", "skipped", "drift"),
+                [
+                    (s.projection, s.position, s.head, s.lag, s.rows, s.skipped, flag(s.drift))
+                    for s in rows
+                ],
             )
         )
+        for s in rows:
+            if s.drift:
+                out.print(Text(f"{s.projection}: {s.drift}"))
 
     return emit(args.json, statuses, render)
 
@@ -180,7 +190,14 @@ def run_rebuild(args: Args) -> int:
             if r.live_error:
                 out.print(f"{r.projection}: the old tables could not catch up: {r.live_error}")
 
-    return emit(args.json, payload, render)
+    emit(args.json, payload, render)
+    # The rebuilt tables are in place either way; a live checksum that differed means the
+    # read model had drifted from the log, which a script running rebuild must hear about.
+    return EXIT_OK if all(r.equal for r in reports) else EXIT_FAILED
+
+
+VERIFY_COLUMNS = ("projection", "position", "head", "checked", "drifted", "missing", "extra",
+                  "skipped")  # fmt: skip
 
 
 def run_verify(args: Args) -> int:
@@ -191,21 +208,21 @@ def run_verify(args: Args) -> int:
         out.print(
             table(
                 "verify: read models against the replayed aggregates",
-                ("projection", "position", "head", "checked", "drifted", "missing", "extra"),
-                [
-                    (c.projection, c.position, c.head, c.checked, c.drifted, c.missing, c.extra)
-                    for c in r.projections
-                ],
+                VERIFY_COLUMNS,
+                [tuple(getattr(c, column) for column in VERIFY_COLUMNS) for c in r.projections],
             )
         )
         for d in r.details:
-            what = d.message or ", ".join(
+            fields = ", ".join(
                 f"{col}: {v['actual']!r} should be {v['expected']!r}" for col, v in d.fields.items()
             )
+            what = "; ".join(part for part in (d.message, fields) if part)
             out.print(Text(f"{d.projection} {d.kind} {d.key}: {what}".rstrip(": ")))
-        out.print("ok" if r.ok else "DRIFT: rebuild the projections named above")
+        out.print(f"{r.snapshots} snapshots checked against their events")
+        out.print("ok" if r.ok else "DRIFT: see above (a read model: rebuild it)")
 
-    return emit(args.json, report, render)
+    emit(args.json, report, render)
+    return EXIT_OK if report.ok else EXIT_FAILED  # DESIGN.md §5: drift fails the check
 
 
 def run_project(args: Args) -> int:

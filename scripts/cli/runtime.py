@@ -5,9 +5,11 @@ process): the commands that run integrations, so they wire the whole system thro
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +23,16 @@ from domain import StoreUnavailable
 from integrations.host import NoNetwork
 from integrations.invoke import invoke_module, sample_input
 from integrations.limits import SandboxLimits
-from scripts.cli.args import Args, Handler, Subcommands, add_command, json_value, positive_int
+from integrations.telemetry import Telemetry
+from scripts.cli.args import (
+    Args,
+    Handler,
+    Subcommands,
+    add_command,
+    json_value,
+    port_number,
+    positive_int,
+)
 from scripts.cli.output import OneLineParser, emit, fields_table
 from scripts.cli.root import settings
 from scripts.cli.signals import stop_on_signals
@@ -60,11 +71,17 @@ def run_worker(args: Args) -> int:
     # Before the slow start (opening the store, compiling the module): a SIGTERM meanwhile is
     # then a clean stop with nothing run, not death by the signal.
     stop = None if args.once else stop_on_signals()
-    with start_system(settings(args), stop or threading.Event()) as system:
+    telemetry = Telemetry()  # spans always (a no-op without a tracer provider); metrics below
+    with start_system(settings(args), stop or threading.Event()) as system, ExitStack() as stack:
+        if args.metrics_port is not None:
+            endpoint = stack.enter_context(telemetry.serve(args.metrics_port, args.metrics_host))
+            print(f"sequent worker: metrics at {endpoint.url}", file=sys.stderr, flush=True)
         dispatcher = system.dispatcher(
             concurrency=args.concurrency,
             lease=timedelta(seconds=args.lease),
             worker_id=args.worker_id,
+            reconcile_interval=args.reconcile_every or None,
+            observer=telemetry,
         )
         if stop is None:
             anyio.run(dispatcher.run_once)
@@ -111,3 +128,20 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
     worker.add_argument("--lease", type=float, default=60.0, metavar="SECONDS")
     worker.add_argument("--worker-id", default=None)
     worker.add_argument("--once", action="store_true", help="run what is pending, then exit")
+    worker.add_argument(
+        "--reconcile-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop and record the sessions no job holds this often (0: never)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=None,
+        metavar="N",
+        help="serve this worker's own Prometheus metrics on http://HOST:N/metrics (0: any port)",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", metavar="HOST", help="(default: loopback)"
+    )

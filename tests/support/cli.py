@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: a ``sequent`` process runs in it
+SEQUENT = str(Path(sys.executable).parent / "sequent")  # the console script of this venv
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,13 @@ class Ran:
 
     def json(self) -> Any:
         assert self.code == 0, self.err
+        assert self.err == ""
+        return json.loads(self.out)
+
+    def failed_json(self) -> Any:
+        """The JSON report of a command that printed it and exited 1 (verify on drift, rebuild
+        when the live and rebuilt checksums differ)."""
+        assert self.code == 1, self.err
         assert self.err == ""
         return json.loads(self.out)
 
