@@ -45,8 +45,13 @@ SEQUENT = str(Path(sys.executable).parent / "sequent")
 FaultKind = Literal["kill", "terminate", "restart_server"]
 
 # An invocation's events in order: started, claimed at least once (every run is leased), then
-# for each completion that reached it Finished and exactly one verdict, perhaps compensated.
-INVOCATION_STORY = re.compile(r"Started( Claimed)+( Finished (Applied|Discarded)( Compensated)*)+")
+# for each completion that reached it Finished and exactly one verdict, and perhaps the session
+# it left behind stopped (by its compensation or by reconciliation).
+INVOCATION_STORY = re.compile(
+    r"Started( Claimed)+( Finished (Applied|Discarded)( Compensated| OrphanStopped)*)+"
+)
+# Where the store records that a session was stopped: the event name and its session field.
+STOP_RECORDS = {"Compensated", "OrphanStopped", "Stopped"}
 JOB_STORY = ["Created", "Submitted", "SessionSpawned"]
 
 
@@ -60,6 +65,7 @@ class ChaosConfig:
     seed: int = 0
     lease: float = 3.0  # short, so a killed worker's runs are taken over within the test
     concurrency: int = 8
+    reconcile_every: float = 2.0  # each worker's periodic reconciliation, under the chaos too
     stall_seconds: float = 120.0  # hang guard: no progress for this long fails the run
 
     def replay(self) -> str:
@@ -165,6 +171,7 @@ class Workers:
     logs: Path
     lease: float
     concurrency: int
+    reconcile_every: float
     started: int = 0
     killed: int = 0
     slots: dict[int, _Worker] = field(default_factory=dict)
@@ -184,7 +191,8 @@ class Workers:
         stderr = (self.logs / f"{name}.err").open("w")
         process = subprocess.Popen(
             [SEQUENT, "worker", "--json", "--db", self.url, "--worker-id", worker_id,
-             "--lease", str(self.lease), "--concurrency", str(self.concurrency)],
+             "--lease", str(self.lease), "--concurrency", str(self.concurrency),
+             "--reconcile-every", str(self.reconcile_every)],
             stdout=stdout,
             stderr=stderr,
             text=True,
@@ -298,7 +306,9 @@ def run_chaos(
     Raises ChaosStalled if a worker dies unbidden or nothing moves (no session created, no
     invocation finished) for ``stall_seconds``."""
     run = ChaosRun(config, schedule(config))
-    workers = Workers(url, config.workers, logs, config.lease, config.concurrency)
+    workers = Workers(
+        url, config.workers, logs, config.lease, config.concurrency, config.reconcile_every
+    )
     observer = CurationService.open(url)
     pending = observer.pending_invocations()
     projections = Projections.open(url)
@@ -403,7 +413,8 @@ def check_store(
       exactly one Applied, every other verdict Discarded(duplicate), and every run of it
       answered with the same session (the fencing token held);
     * the session service created exactly one session per job, and the live sessions are
-      exactly those the jobs hold (no orphan, no stopped healthy session).
+      exactly those the jobs hold (no orphan, no stopped healthy session); every session the
+      service deleted is recorded as stopped (Compensated, OrphanStopped or an OrphanSession).
     """
     found = Findings()
     stories: dict[UUID, list[str]] = defaultdict(list)
@@ -425,6 +436,13 @@ def check_store(
     held: dict[str, UUID] = {}
     for dispatch in dispatches:
         _check_job(svc, dispatch, stories, events, held, found)
+    recorded = {
+        e.session_id for story in events.values() for e in story if _name(e) in STOP_RECORDS
+    }
+    found.counts["stops_recorded"] = len(recorded)
+    unrecorded = set(sessions.deleted) - recorded
+    if unrecorded:
+        found.violate(f"{len(unrecorded)} sessions stopped silently: {sorted(unrecorded)[:5]}")
     found.counts["invocations"] = sum(1 for story in stories.values() if story[0] == "Started")
     created = len(sessions.sessions) + len(sessions.deleted)
     found.counts["sessions_created"] = created
@@ -460,6 +478,7 @@ def _check_job(
     found.counts["claims"] += runs.count("Claimed")
     found.counts["completions"] += runs.count("Finished")
     found.counts["compensated"] += runs.count("Compensated")
+    found.counts["orphans_stopped"] += runs.count("OrphanStopped")
     if runs.count("Applied") != 1:
         found.violate(f"invocation {invocation}: {runs.count('Applied')} Applied")
     reasons = [str(e.reason) for e in events.get(invocation, []) if _name(e) == "Discarded"]
