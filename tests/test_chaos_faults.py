@@ -362,7 +362,7 @@ def test_commands_between_terminations_succeed_or_say_store_unavailable(
     svc = CurationService.open(with_param(pg_url, "application_name", name))
     outcomes: dict[str, int] = {}
     try:
-        dispatches = submitted(svc, 2)
+        dispatches = submitted(svc, 1)
         feed = svc.pending_invocations()
         lease = timedelta(seconds=60)
         steps: list[tuple[str, Callable[[Dispatch], object]]] = [
