@@ -35,6 +35,7 @@ from psycopg.rows import tuple_row
 from domain.authorization import Decision, Policy
 from domain.invocation import Invocation
 from domain.job import CurationJob
+from domain.orphan import OrphanSession
 from domain.transitions import TRANSITIONS, JobState, Transition
 
 # -- topics ----------------------------------------------------------------------------------
@@ -85,6 +86,10 @@ FINISHED = f"{INVOCATION}.Finished"
 APPLIED = f"{INVOCATION}.Applied"
 DISCARDED = f"{INVOCATION}.Discarded"
 COMPENSATED = f"{INVOCATION}.Compensated"
+ORPHAN_STOPPED = f"{INVOCATION}.OrphanStopped"  # reconciliation stopped a session this run made
+UNATTRIBUTED_ORPHAN_STOPPED = f"{get_topic(OrphanSession)}.Stopped"  # one no run can be named for
+# Every stop sequent makes of a session: a discarded run's compensation, or reconciliation.
+SESSION_STOPS = frozenset({COMPENSATED, ORPHAN_STOPPED, UNATTRIBUTED_ORPHAN_STOPPED})
 INVOCATION_CREATED = frozenset({STARTED, UNRECOGNISED})
 VERDICTS = frozenset({APPLIED, DISCARDED})
 

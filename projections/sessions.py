@@ -1,6 +1,8 @@
 """``sessions``: every session a ``SessionSpawned`` completion reported, whether the job took
-it, and whether a compensation stopped it — a discarded one still alive is an orphan
-(invariant 4)."""
+it, and whether sequent stopped it — a discarded one still alive is an orphan (invariant 4).
+Sessions reconciliation stopped appear too, reported or not (a dead worker's session was never
+reported): ``compensated`` says sequent stopped the session, by the discarded run's
+compensation or by reconciliation; the events say which."""
 
 from __future__ import annotations
 
@@ -9,11 +11,12 @@ from typing import Any
 
 from domain.log import (
     APPLIED,
-    COMPENSATED,
     DISCARDED,
     FINISHED,
     INVOCATION_CREATED,
+    SESSION_STOPS,
     STARTED,
+    UNATTRIBUTED_ORPHAN_STOPPED,
     UNRECOGNISED,
     VERDICTS,
     Notice,
@@ -32,12 +35,13 @@ class SessionsProjection(Projection):
     whether a compensation stopped it: a discarded one still alive is an orphan."""
 
     name = "sessions"
-    topics = (STARTED, UNRECOGNISED, FINISHED, APPLIED, DISCARDED, COMPENSATED)
+    topics = (STARTED, UNRECOGNISED, FINISHED, APPLIED, DISCARDED, *sorted(SESSION_STOPS))
     tables = (SESSIONS, SESSION_INVOCATIONS)
 
     def writes(self, batch: Sequence[Notice], lookup: Lookup) -> list[Write]:
         created = {n.key for n in batch if n.topic in INVOCATION_CREATED}
-        invocations = Touched(lookup(SESSION_INVOCATIONS, {n.key for n in batch} - created))
+        runs = {n.key for n in batch if n.topic != UNATTRIBUTED_ORPHAN_STOPPED}
+        invocations = Touched(lookup(SESSION_INVOCATIONS, runs - created))
         sessions = Touched(lookup(SESSIONS, self._mentioned(batch, invocations.stored)))
         for n in batch:
             self._fold(n, invocations, sessions)
@@ -51,18 +55,23 @@ class SessionsProjection(Projection):
     @staticmethod
     def _mentioned(batch: Sequence[Notice], invocations: dict[str, tuple[Any, ...]]) -> set[str]:
         """Sessions the batch may touch: reported by a Finished in it, or by one in an earlier
-        batch whose verdict is in this one (kept on the invocation), or compensated in it."""
+        batch whose verdict is in this one (kept on the invocation), or stopped in it."""
         mentioned = {r[_SI["session_id"]] for r in invocations.values()} - {None}
         for n in batch:
             if n.topic == FINISHED and n.event.action == SESSION_SPAWNED_ACTION:
                 mentioned.add(str(n.event.params.get("session_id")))
-            elif n.topic == COMPENSATED:
+            elif n.topic in SESSION_STOPS:
                 mentioned.add(str(n.event.session_id))
         return mentioned
 
     @staticmethod
     def _fold(n: Notice, invocations: Touched, sessions: Touched) -> None:
         topic = n.topic
+        if topic == UNATTRIBUTED_ORPHAN_STOPPED:  # no run, so no job either
+            sid = str(n.event.session_id)
+            s = sessions.get(sid, lambda: [sid, None, None, None, n.timestamp, 0, 1, n.id])
+            s[_S["compensated"]], s[_S["alive"]], s[_S["position"]] = 1, 0, n.id
+            return
         if topic in INVOCATION_CREATED:
             invocations.put(n.key, [n.key, str(n.event.job_id), None, n.id])
             return
@@ -90,6 +99,6 @@ class SessionsProjection(Projection):
                 elif s[_S["verdict"]] is None:
                     s[_S["verdict"]] = "discarded"
                 s[_S["position"]] = n.id
-        elif topic == COMPENSATED:
+        elif topic in SESSION_STOPS:  # a compensation, or reconciliation naming this run
             s = session(str(n.event.session_id))
             s[_S["compensated"]], s[_S["alive"]], s[_S["position"]] = 1, 0, n.id

@@ -40,13 +40,14 @@ from domain.authorization import Decision
 from domain.job import CurationJob
 from domain.log import (
     APPLIED,
-    COMPENSATED,
     DECISION,
     DISCARDED,
     FINISHED,
     INVOCATION,
     JOB,
     JOB_TRANSITIONS,
+    SESSION_STOPS,
+    UNATTRIBUTED_ORPHAN_STOPPED,
     UNREADABLE,
     LogReader,
     invalid_step,
@@ -63,7 +64,7 @@ DETAILS_LIMIT = 100
 REPLAY_BATCH = 2000
 
 # Every event of these aggregates is replayed, whatever its name.
-_REPLAYED = (f"{JOB}.", f"{INVOCATION}.", f"{DECISION}.")
+_REPLAYED = (f"{JOB}.", f"{INVOCATION}.", f"{DECISION}.", UNATTRIBUTED_ORPHAN_STOPPED)
 _SESSION_SPAWNED = "SessionSpawned"
 
 
@@ -270,9 +271,9 @@ class Expected:
     problems: list[Discrepancy] = field(default_factory=list)  # EVENTS: invalid, undecodable
     unreadable: set[str] = field(default_factory=set)  # aggregates not folded past a bad event
     completions: list[Completion] = field(default_factory=list)
-    compensations: dict[str, list[tuple[int, str, Any]]] = field(
+    stops: dict[str, list[tuple[int, str | None, Any]]] = field(
         default_factory=lambda: defaultdict(list)
-    )  # session id -> (position, invocation id, event)
+    )  # session id -> (position, the invocation named, if any, event): compensations, reconciles
 
     def rows(self, table: Table) -> dict[str, tuple[Any, ...]]:
         if table is JOB_STATUS:
@@ -347,15 +348,15 @@ class Expected:
 
     def _sessions(self) -> dict[str, tuple[Any, ...]]:
         # Per session id, in log order: each completion that reported it (applied or not)
-        # and each compensation that stopped it.
-        told: dict[str, list[tuple[int, str, bool | None, Any]]] = defaultdict(list)
+        # and each stop of it (a compensation, or reconciliation).
+        told: dict[str, list[tuple[int, str | None, bool | None, Any]]] = defaultdict(list)
         for c in self.completions:
             if c.action == _SESSION_SPAWNED:
                 applied = type(c.verdict).__name__ == "Applied"
                 told[str(c.params.get("session_id"))].append(
                     (c.position, c.invocation_id, applied, c.verdict)
                 )
-        for session_id, stops in self.compensations.items():
+        for session_id, stops in self.stops.items():
             told[session_id].extend((p, i, None, e) for p, i, e in stops)
         rows: dict[str, tuple[Any, ...]] = {}
         for session_id, facts in told.items():
@@ -364,7 +365,7 @@ class Expected:
             reports = [f[2] for f in facts if f[2] is not None]
             verdict = ("applied" if any(reports) else "discarded") if reports else None
             compensated = int(any(f[2] is None for f in facts))
-            invocation = self._invocation(invocation_id)
+            invocation = None if invocation_id is None else self._invocation(invocation_id)
             rows[session_id] = (
                 session_id,
                 None if invocation is None else str(invocation.job_id),
@@ -417,6 +418,7 @@ def replay(log: LogReader, upto: int) -> Expected:
                     verdict=event,
                 )
             )
-        elif topic == COMPENSATED:
-            expected.compensations[str(event.session_id)].append((notice.id, key, event))
+        elif topic in SESSION_STOPS:
+            run = None if topic == UNATTRIBUTED_ORPHAN_STOPPED else key
+            expected.stops[str(event.session_id)].append((notice.id, run, event))
     return expected

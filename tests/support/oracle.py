@@ -54,7 +54,7 @@ def _kind(topic: str) -> str:
     return topic.split(":", 1)[1].split(".", 1)[0]  # CurationJob, Invocation, Decision, Policy
 
 
-def fold_history(  # noqa: PLR0912
+def fold_history(  # noqa: PLR0912, PLR0915
     svc: CurationService, upto: int | None = None
 ) -> dict[str, dict[str, tuple[Any, ...]]]:
     """Every read model's rows, keyed by their key, as the history up to ``upto`` implies."""
@@ -102,10 +102,14 @@ def fold_history(  # noqa: PLR0912
                     s = sessions.setdefault(sid, [sid, inv["job"], key, None, when, 0, 1, n.id])
                     s[3] = "applied" if applied or s[3] == "applied" else "discarded"
                     s[7] = n.id
-            elif name == "Compensated":
+            elif name in ("Compensated", "OrphanStopped"):  # stopped: compensation, reconcile
                 sid = e.session_id
                 s = sessions.setdefault(sid, [sid, inv["job"], key, None, when, 0, 1, n.id])
                 s[5], s[6], s[7] = 1, 0, n.id
+        elif kind == "OrphanSession":  # reconciliation stopped a session no run is known for
+            sid = e.session_id
+            s = sessions.setdefault(sid, [sid, None, None, None, when, 0, 1, n.id])
+            s[5], s[6], s[7] = 1, 0, n.id
         elif kind == "Decision":
             if name == "Requested":
                 decisions[key] = [
@@ -135,12 +139,14 @@ def completions(svc: CurationService) -> list[int]:
     ]
 
 
+SERVICE = "http://127.0.0.1:8123"
+
 # -- a workload of everything the read models can see --------------------------------------------
 
 OPS = (
     "create", "configure", "submit", "spawn", "spawn_stale", "fail_completion", "unknown",
     "duplicate", "progress", "complete", "finalize", "repair", "fail", "retry", "compensate",
-    "request", "approve", "reject",
+    "request", "approve", "reject", "reconcile_run", "reconcile_unknown",
 )  # fmt: skip
 
 
@@ -219,6 +225,11 @@ class Workload:
             svc.policies.approve(self._pick(self.decisions, pick), by="tester")
         elif op == "reject" and self.decisions:
             svc.policies.reject(self._pick(self.decisions, pick), by="tester", reason="no")
+        elif op == "reconcile_run" and self.dispatches:  # a dead worker's session, stopped
+            run = self._pick(self.dispatches, pick).invocation_id
+            svc.record_orphan(self._session(), SERVICE, invocation_id=run)
+        elif op == "reconcile_unknown":  # a session no run is known for, stopped
+            svc.record_orphan(f"u-{pick}", SERVICE, idempotency_key=None)
 
     def incident(self, jobs: int, seed: int = 0) -> None:
         """A compact version of the incident per job: submit, fail, retry, resubmit, spawn,
