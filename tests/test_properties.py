@@ -31,6 +31,7 @@ from domain import (
     InvalidDispatch,
     InvalidTransition,
 )
+from simulation.model import MOVES  # the state machine written out apart from domain/
 
 COMPLETIONS = {
     "SessionSpawned": st.builds(lambda n: {"session_id": f"s-{n}"}, st.integers(0, 99)),
@@ -49,17 +50,6 @@ OPERATOR_ACTIONS: dict[str, dict[str, Any]] = {
     "RepairRequired": {"defects": ["d"]},
     "Fail": {"reason": "operator"},
     "Retry": {},
-}
-# The model's own copy of the state machine, written out independently of domain/transitions.py.
-MODEL_MOVES = {
-    ("Queued", "Submit"): "Ready",
-    ("Ready", "SessionSpawned"): "Running",
-    ("Running", "RecordProgress"): "Running",
-    ("Running", "Complete"): "Finalizing",
-    ("Finalizing", "FinalizeCompletion"): "Completed",
-    ("Finalizing", "RepairRequired"): "Ready",
-    ("Failed", "Retry"): "Queued",
-    **{(s, "Fail"): "Failed" for s in ("Queued", "Ready", "Running", "Finalizing")},
 }
 
 
@@ -85,7 +75,7 @@ class JobUnderFire(RuleBasedStateMachine):
         self.tmp.cleanup()
 
     def _move(self, action: str) -> None:
-        self.state = MODEL_MOVES[(self.state, action)]
+        self.state = MOVES[(self.state, action)]
         self.version += 1
 
     @rule(target=dispatches)
@@ -103,7 +93,7 @@ class JobUnderFire(RuleBasedStateMachine):
 
     @rule(action=st.sampled_from(sorted(OPERATOR_ACTIONS)))
     def operator(self, action: str) -> None:
-        if (self.state, action) not in MODEL_MOVES:
+        if (self.state, action) not in MOVES:
             with pytest.raises(InvalidTransition):
                 self.svc.execute(self.job_id, action, OPERATOR_ACTIONS[action])
             return
@@ -187,7 +177,7 @@ class JobUnderFire(RuleBasedStateMachine):
             return "superseded"
         if dispatch.expected_version != self.version:
             return "job_moved_on"
-        if (self.state, action) not in MODEL_MOVES:
+        if (self.state, action) not in MOVES:
             return "job_moved_on"
         return None
 

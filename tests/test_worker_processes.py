@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from domain import CurationService, JobState
-from domain.cedar import default_policies
 from integrations.session_service import SessionService
+from tests.support.chaos import prepare
 
 SEQUENT = str(Path(sys.executable).parent / "sequent")
 
@@ -23,18 +23,6 @@ SEQUENT = str(Path(sys.executable).parent / "sequent")
 def sessions() -> Iterator[SessionService]:
     with SessionService(seed=4) as service:
         yield service
-
-
-def prepare(url: str, sessions: SessionService, jobs: int) -> list[object]:
-    svc = CurationService.open(url)
-    try:
-        svc.policies.add_policy(default_policies(sessions.url))
-        return [
-            svc.submit(svc.create_job({"target": f"t{n}", "session_service": sessions.url}))
-            for n in range(jobs)
-        ]
-    finally:
-        svc.close()
 
 
 def test_two_worker_processes_share_one_store(
@@ -61,8 +49,8 @@ def test_two_worker_processes_share_one_store(
     svc = CurationService.open(shared_store_url)
     try:
         for d in dispatches:
-            assert svc.get(d.job_id).state == JobState.RUNNING  # type: ignore[attr-defined]
-            verdicts = svc.invocation(d.invocation_id).verdicts  # type: ignore[attr-defined]
+            assert svc.get(d.job_id).state == JobState.RUNNING
+            verdicts = svc.invocation(d.invocation_id).verdicts
             assert [v["verdict"] for v in verdicts] == ["Applied"]
     finally:
         svc.close()
@@ -87,7 +75,7 @@ def test_sigterm_stops_a_running_worker_after_its_work(
         deadline = time.monotonic() + 60
         try:
             while any(
-                svc.get(d.job_id).state != JobState.RUNNING  # type: ignore[attr-defined]
+                svc.get(d.job_id).state != JobState.RUNNING
                 for d in dispatches
             ):
                 assert time.monotonic() < deadline, "the worker did not pick the jobs up"
