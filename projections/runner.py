@@ -94,17 +94,6 @@ class Projections:
         with self._store_call():
             self.store = open_read_models(service, PROJECTIONS)
 
-    @classmethod
-    def open(cls, url: str | None = None, **options: Any) -> Projections:
-        """Opens the store at ``url`` (as CurationService.open does) and its read models.
-        For the CLI until it builds from ``bootstrap``; everything else passes the service."""
-        service = CurationService.open(url)
-        try:
-            return cls(service, owns_service=True, **options)
-        except BaseException:
-            service.close()
-            raise
-
     def close(self) -> None:
         if self._owns_service:
             self.service.close()

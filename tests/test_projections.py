@@ -21,6 +21,7 @@ from projections.catalog import PROJECTION_NAMES
 from projections.errors import ProjectionFailed, UnknownFilter, UnknownProjection
 from projections.recorders import PositionMoved
 from projections.runner import Projections
+from tests.support.fakes import open_projections
 from tests.support.oracle import (
     OPS,
     Workload,
@@ -178,7 +179,7 @@ def test_racing_runners_apply_each_notification_once(
     """Three runners (own connections, as separate processes would have) catch up in tiny
     batches while a writer adds completions; a notification applied twice would be a second
     dispatch_audit row with the same position, which the table refuses loudly."""
-    runners = [Projections.open(shared_store_url, batch_size=3) for _ in range(3)]
+    runners = [open_projections(shared_store_url, batch_size=3) for _ in range(3)]
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -265,7 +266,7 @@ def test_rebuild_while_writers_run_loses_nothing(
         except BaseException as exc:
             errors.append(exc)
 
-    follower = Projections.open(shared_store_url, batch_size=5)  # a live runner meanwhile
+    follower = open_projections(shared_store_url, batch_size=5)  # a live runner meanwhile
 
     def follow() -> None:
         try:
@@ -418,7 +419,7 @@ def test_run_forever_follows_the_log(service: CurationService) -> None:
 
 
 def test_memory_store_keeps_its_read_models_in_memory() -> None:
-    with Projections.open("memory://") as p:
+    with open_projections("memory://") as p:
         Workload(p.service).incident(jobs=2)
         p.catch_up()
         assert_parity(p)

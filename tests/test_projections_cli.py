@@ -22,6 +22,7 @@ from projections.progress import progress_bar
 from projections.runner import Projections
 from scripts.cli.output import EXIT_FAILED, EXIT_USAGE
 from tests.support.cli import ROOT, SEQUENT, Cli
+from tests.support.fakes import open_projections
 from tests.support.oracle import Workload, completions, fold_history
 
 
@@ -126,7 +127,7 @@ def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationServic
         0, 0, 0, True,
     )  # fmt: skip
     assert report["checked"] == sum(len(v) for v in fold_history(incident).values())
-    with Projections.open(db) as p:
+    with open_projections(db) as p:
         p.store.execute('UPDATE decisions SET "status" = ?', ("approved",))
     drift = sequent("verify", "--json").failed_json()  # exit 1: DESIGN.md §5
     assert (drift["drifted"], drift["ok"]) == (1, False)
@@ -141,7 +142,7 @@ def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationServic
 @pytest.fixture
 def incident_store(shared_store_url: str) -> str:
     """The incident's store on SQLite and on PostgreSQL, its read models at the head."""
-    with Projections.open(shared_store_url) as p:
+    with open_projections(shared_store_url) as p:
         Workload(p.service).incident(jobs=3, seed=1)
         p.service.policies.request_decision(
             integration="build_session_message", endpoint="http://h:1/s"
@@ -152,7 +153,7 @@ def incident_store(shared_store_url: str) -> str:
 
 def test_rebuild_exits_1_when_the_live_checksum_differed(sequent: Cli, incident_store: str) -> None:
     db = ("--db", incident_store)
-    with Projections.open(incident_store) as p:
+    with open_projections(incident_store) as p:
         table = p.store.qualified("decisions")
         p.store.execute(f'UPDATE {table} SET "status" = ?', ("approved",))
     ran = sequent("rebuild", "--projection", "decisions", "--json", *db)
@@ -168,7 +169,7 @@ def test_status_shows_a_position_past_the_head_as_negative_lag_and_drift(
     sequent: Cli, incident_store: str
 ) -> None:
     db = ("--db", incident_store)
-    with Projections.open(incident_store) as p:
+    with open_projections(incident_store) as p:
         head = p.head()
         p.store.force_position(p.projection("sessions"), head + 5)
     rows = {s["projection"]: s for s in sequent("status", "--json", *db).json()}
@@ -243,7 +244,7 @@ def test_project_follows_until_sigterm(shared_store_url: str) -> None:
         env=env,
     )  # fmt: skip
     try:
-        with Projections.open(shared_store_url) as p:
+        with open_projections(shared_store_url) as p:
             Workload(p.service).incident(jobs=4)
             deadline = time.monotonic() + 30
             while set(p.lag().values()) != {0}:

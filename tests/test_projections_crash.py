@@ -16,6 +16,7 @@ import pytest
 from domain import CurationService
 from projections.catalog import PROJECTION_NAMES
 from projections.runner import Projections
+from tests.support.fakes import open_projections
 from tests.support.oracle import Workload, assert_parity, fold_history, random_workload, stored
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +47,7 @@ for cls in (SQLiteReadModels, PostgresReadModels):
         track(self, c, key, position)
     cls._track = slow_track
 
-with Projections.open(url, batch_size=batch) as p:
+with open_projections(url, batch_size=batch) as p:
     p.catch_up()
 print("done", flush=True)
 """
@@ -98,7 +99,7 @@ def test_killed_runner_resumes_at_its_tracked_position(
     runner = start(moment, shared_store_url)
     kill_after(runner, commits=40, then="committed" if moment == "between" else "tracking")
 
-    with Projections.open(shared_store_url) as p:
+    with open_projections(shared_store_url) as p:
         positions = p.positions()
         assert any(0 < pos < head for pos in positions.values()), positions  # killed midway
         for name in PROJECTION_NAMES:

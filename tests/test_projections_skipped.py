@@ -16,8 +16,8 @@ from uuid import UUID
 
 from domain import CurationService
 from domain.log import FINISHED, JOB_RETRIED
-from projections.runner import Projections
 from tests.support.cli import ROOT, SEQUENT, Cli
+from tests.support.fakes import open_projections
 from tests.support.oracle import Workload
 from tests.support.store_sql import insert_event
 
@@ -51,7 +51,7 @@ def test_the_runner_records_an_event_it_cannot_fold_and_keeps_following(
         env=env,
     )
     try:
-        with Projections.open(shared_store_url) as p:
+        with open_projections(shared_store_url) as p:
             job_id, undecodable, unexpected = bad_events(p.service)
             Workload(p.service).incident(jobs=2)  # written after them, and followed
             deadline = time.monotonic() + 30
@@ -88,7 +88,7 @@ def test_the_runner_records_an_event_it_cannot_fold_and_keeps_following(
 
 
 def test_a_rebuild_records_the_same_skipped_events(shared_store_url: str) -> None:
-    with Projections.open(shared_store_url) as p:
+    with open_projections(shared_store_url) as p:
         _, undecodable, _ = bad_events(p.service)
         Workload(p.service).incident(jobs=1)
         p.catch_up()

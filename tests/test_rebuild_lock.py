@@ -17,13 +17,14 @@ from projections.rebuild import RebuildReport
 from projections.runner import Projections
 from scripts.cli.output import EXIT_FAILED
 from tests.support.cli import ROOT, SEQUENT
+from tests.support.fakes import open_projections
 from tests.support.oracle import Workload
 
 WAIT = 60  # seconds, an upper bound only
 
 
 def fresh_rebuild_equals_live(url: str, name: str) -> None:
-    with Projections.open(url) as p:
+    with open_projections(url) as p:
         p.catch_up()
         live = p.checksum(name)
         report = p.rebuild(name, progress=False)
@@ -32,7 +33,7 @@ def fresh_rebuild_equals_live(url: str, name: str) -> None:
 
 def test_a_second_rebuild_fails_at_once_while_the_first_runs(shared_store_url: str) -> None:
     url = shared_store_url
-    with Projections.open(url, rebuild_batch_size=5) as first:
+    with open_projections(url, rebuild_batch_size=5) as first:
         Workload(first.service).incident(jobs=5, seed=3)
         first.catch_up()
         jobs = len(first.jobs())
@@ -67,7 +68,7 @@ def test_a_second_rebuild_fails_at_once_while_the_first_runs(shared_store_url: s
             assert other.stdout == ""
             assert other.stderr.startswith("sequent: error: a rebuild of job_status is already")
             assert other.stderr.count("\n") == 1
-            with Projections.open(url) as second:  # its own connections
+            with open_projections(url) as second:  # its own connections
                 with pytest.raises(RebuildInProgress, match="already running"):
                     second.rebuild("job_status", progress=False)
                 # The live model keeps serving and following; other projections rebuild.
@@ -86,7 +87,7 @@ def test_a_second_rebuild_fails_at_once_while_the_first_runs(shared_store_url: s
 
 def test_two_rebuilds_started_at_once_never_fail_untyped(shared_store_url: str) -> None:
     url = shared_store_url
-    with Projections.open(url) as p:
+    with open_projections(url) as p:
         Workload(p.service).incident(jobs=20, seed=4)
     start = threading.Barrier(2)
     outcomes: list[object] = []
@@ -102,7 +103,7 @@ def test_two_rebuilds_started_at_once_never_fail_untyped(shared_store_url: str) 
 
     # Opened one after the other (each with its own connections): opening a store is not
     # what is under test.
-    rebuilders = [Projections.open(url, rebuild_batch_size=3) for _ in range(2)]
+    rebuilders = [open_projections(url, rebuild_batch_size=3) for _ in range(2)]
     threads = [threading.Thread(target=rebuild, args=(p,)) for p in rebuilders]
     try:
         for t in threads:

@@ -38,7 +38,7 @@ from domain import CurationService, Dispatch, JobState, StoreUnavailable
 from domain.cedar import default_policies
 from domain.followers import PendingInvocations
 from integrations.session_service import SessionService
-from projections import Projections
+from tests.support.fakes import open_projections
 from tests.support.oracle import log
 
 SEQUENT = str(Path(sys.executable).parent / "sequent")
@@ -311,7 +311,7 @@ def run_chaos(
     )
     observer = CurationService.open(url)
     pending = observer.pending_invocations()
-    projections = Projections.open(url)
+    projections = open_projections(url)
     faults = list(run.faults)
     try:
         workers.start_all()

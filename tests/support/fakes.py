@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from bootstrap import Settings, open_service
 from domain import CurationService, Dispatch
 from domain.job import CurationJob
 from integrations.dispatcher import RunOutcome
+from projections import Projections
 
 
 def event_count(service: CurationService) -> int:
@@ -47,3 +49,14 @@ def open_interleaving(url: str) -> InterleavingService:
     service = InterleavingService.open(url)
     assert isinstance(service, InterleavingService)
     return service
+
+
+def open_projections(url: str, **options: Any) -> Projections:
+    """The read models of the store at ``url``, opened through the composition root; closing
+    them closes the store."""
+    service = open_service(Settings(store_url=url))
+    try:
+        return Projections(service, owns_service=True, **options)
+    except BaseException:
+        service.close()
+        raise
