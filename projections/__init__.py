@@ -8,7 +8,8 @@ service)``, as bootstrap's ``System.projections`` does), which follows the log t
 class and the writes it asks for), one module each — ``job_status.py``, ``dispatch_audit.py``,
 ``sessions.py``, ``decisions.py`` — listed in ``catalog.py``; their tables and row types are in
 ``schema.py`` (with each one's ``<name>_skipped`` table: the events it could not fold, which
-never stop it), and ``recorders.py`` stores them with the library's tracking recorders in the
+never stop it), and ``recorders.py`` (with ``sqlite_recorder.py`` and ``postgres_recorder.py``;
+``backends.py`` picks one for a store) stores them with the library's tracking recorders in the
 events' own database, one rebuild of a projection at a time. ``verify.py`` also checks the log
 itself: transitions against the table, undecodable events, every job snapshot. The audit:
 ``timeline.py`` loads a job's ``Timeline`` (state at any version, folded from its events; JSON,

@@ -1,11 +1,13 @@
 """Read-model tables in the event store's own database, written exactly once.
 
-``SQLiteReadModels`` and ``PostgresReadModels`` subclass the ``eventsourcing`` tracking recorders
-(``SQLiteTrackingRecorder``, ``PostgresTrackingRecorder``) and add the read models' tables to
-the same datastore, the documented pattern for a materialised view: a batch's rows and the
-projection's tracking record are written by the library's ``_insert_tracking`` in **one
-transaction**, so a projection never holds a change without its position or a position
-without its change. ``open_read_models(service, ...)`` picks the one for the service's store.
+``SQLiteReadModels`` (sqlite_recorder.py) and ``PostgresReadModels`` (postgres_recorder.py)
+subclass the ``eventsourcing`` tracking recorders (``SQLiteTrackingRecorder``,
+``PostgresTrackingRecorder``) and add the read models' tables to the same datastore, the
+documented pattern for a materialised view: a batch's rows and the projection's tracking record
+are written by the library's ``_insert_tracking`` in **one transaction**, so a projection never
+holds a change without its position or a position without its change. This module holds what
+both share (``ReadModels``); ``backends.open_read_models(service, ...)`` picks the one for the
+service's store.
 
 Each projection has its own tracking row (application name ``Sequent.<projection>``) so
 projections advance and rebuild independently. Before writing, a batch takes the lock on that
@@ -29,36 +31,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import sqlite3
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
-from uuid import uuid4
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, PersistenceError, ProgrammingError, Tracking
-from eventsourcing.popo import POPOFactory
-from eventsourcing.postgres import PostgresDatastore, PostgresFactory, PostgresTrackingRecorder
-from eventsourcing.sqlite import (
-    SQLiteCursor,
-    SQLiteDatastore,
-    SQLiteFactory,
-    SQLiteTrackingRecorder,
-)
-from psycopg.sql import SQL, Literal
+from eventsourcing.persistence import PersistenceError
 
 from domain.log import UNREADABLE, Notice
-from domain.service import CurationService
 from domain.store_errors import first_line
-from domain.store_url import ddl_lock_key
-from projections.errors import RebuildInProgress, UnsupportedStore
 from projections.projection import Insert, Lookup, Projection, Upsert, Write
-from projections.schema import INT, Table
+from projections.schema import Table
 
 SHADOW_SUFFIX = "__rebuild"
 LOOKUP_CHUNK = 500  # keys per IN (...) query
@@ -527,240 +513,3 @@ class ReadModels(ABC):
 
     def qualified(self, name: str) -> str:
         return self._qualified(name)
-
-
-# -- SQLite -------------------------------------------------------------------------------------
-
-
-class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
-    placeholder = "?"
-
-    def __init__(
-        self, datastore: SQLiteDatastore, *, app_name: str, projections: Sequence[Projection]
-    ):
-        self.app_name = app_name
-        self.projections = tuple(projections)
-        super().__init__(datastore)
-
-    def construct_create_table_statements(self) -> list[str]:
-        return [
-            *super().construct_create_table_statements(),
-            *self._projection_ddl(self.projections),
-            "CREATE TABLE IF NOT EXISTS projection_rebuilds (projection TEXT PRIMARY KEY, "
-            "holder TEXT NOT NULL, expires REAL NOT NULL)",
-        ]
-
-    @contextmanager
-    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
-        key = self.tracking_key(projection)
-        holder = f"pid {os.getpid()} on {socket.gethostname()}, {uuid4().hex[:8]}"
-        self._lease(projection, key, holder, take=True)
-        try:
-            yield lambda: self._lease(projection, key, holder, take=False)
-        finally:
-            with suppress(*DB_ERRORS), self._transaction(write=True) as c:
-                c.execute(
-                    "DELETE FROM projection_rebuilds WHERE projection = ? AND holder = ?",
-                    (key, holder),
-                )
-
-    def _lease(self, projection: Projection, key: str, holder: str, *, take: bool) -> None:
-        """Takes (``take``: if free or expired) or renews the lease; the first statement is a
-        write, so the check and the change are one step under SQLite's write lock."""
-        now = time.time()
-        expires = now + REBUILD_LEASE_SECONDS
-        with self._transaction(write=True) as c:
-            if take:
-                c.execute(
-                    "INSERT INTO projection_rebuilds (projection, holder, expires) "
-                    "VALUES (?, ?, ?) ON CONFLICT (projection) DO UPDATE SET "
-                    "holder = excluded.holder, expires = excluded.expires "
-                    "WHERE projection_rebuilds.expires < ?",
-                    (key, holder, expires, now),
-                )
-            else:
-                c.execute(
-                    "UPDATE projection_rebuilds SET expires = ? "
-                    "WHERE projection = ? AND holder = ?",
-                    (expires, key, holder),
-                )
-            c.execute(
-                "SELECT holder, expires FROM projection_rebuilds WHERE projection = ?", (key,)
-            )
-            rows = self._fetchall(c)
-        if not rows:
-            raise RebuildInProgress(projection.name, "this rebuild's lease was taken away")
-        found, until = rows[0]
-        if found != holder:
-            left = max(float(until) - now, 0.0)
-            raise RebuildInProgress(projection.name, f"{found}, lease for {left:.0f} s more")
-
-    @contextmanager
-    def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
-        # A deferred transaction; readers get a consistent snapshot from their first read
-        # (WAL), writers take the write lock with their first statement (_lock_row).
-        with self.datastore.transaction(commit=write) as c:
-            yield c
-
-    def _qualified(self, name: str) -> str:
-        return f'"{name}"'
-
-    def _tracking_table(self) -> str:
-        return "tracking"
-
-    def _lock_row(self, c: Any, key: str) -> None:
-        # A write as the transaction's first statement takes SQLite's write lock, waiting
-        # (busy timeout) for other writers, before anything is read: no stale snapshot.
-        c.execute(
-            "UPDATE tracking SET notification_id = notification_id WHERE application_name = ?",
-            (key,),
-        )
-
-    def _track(self, c: Any, key: str, position: int) -> None:
-        assert isinstance(c, SQLiteCursor)
-        self._insert_tracking(c, Tracking(key, position))
-
-    def _fetchall(self, c: Any) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in c.fetchall()]
-
-    def _column_type(self, kind: str) -> str:
-        return "INTEGER" if kind == INT else "TEXT"
-
-    def _create_table_sql(self, table: Table, name: str) -> str:
-        key_type = next(c.type for c in table.columns if c.name == table.key)
-        # A text key is the clustered key (WITHOUT ROWID); an integer key is the rowid.
-        suffix = "" if key_type == INT else " WITHOUT ROWID"
-        return (
-            f'CREATE TABLE IF NOT EXISTS "{name}" ({self._columns_sql(table)}, '
-            f'PRIMARY KEY ("{table.key}")){suffix}'
-        )
-
-    def _rename_sql(self, table: Table, old: str, new: str) -> list[str]:
-        return [f'ALTER TABLE "{old}" RENAME TO "{new}"']
-
-
-def memory_datastore() -> SQLiteDatastore:
-    """For memory:// stores: the read models in a private in-memory SQLite database, gone
-    when the process ends, like the events they are made from."""
-    return SQLiteDatastore(f"file:sequent-read-models-{uuid4().hex}?mode=memory&cache=shared")
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------------
-
-POSTGRES_TRACKING_TABLE = "projection_tracking"
-
-
-class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
-    placeholder = "%s"
-
-    def __init__(
-        self, datastore: PostgresDatastore, *, app_name: str, projections: Sequence[Projection]
-    ):
-        self.app_name = app_name
-        self.projections = tuple(projections)
-        super().__init__(datastore, tracking_table_name=POSTGRES_TRACKING_TABLE)
-        # The library runs these in one transaction: taking the store's DDL lock first makes
-        # concurrent openers create the tables one at a time, as the event store's are.
-        self.sql_create_statements.insert(
-            0,
-            SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(
-                Literal(ddl_lock_key(datastore.schema))
-            ),
-        )
-        self.sql_create_statements.extend(
-            SQL(s).format() for s in self._projection_ddl(self.projections)
-        )
-
-    @contextmanager
-    def _transaction(self, *, write: bool, snapshot: bool = False) -> Iterator[Any]:
-        with self.datastore.transaction(commit=write) as c:
-            if snapshot:
-                c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            yield c
-
-    def _qualified(self, name: str) -> str:
-        return f'"{self.datastore.schema}"."{name}"'
-
-    @contextmanager
-    def rebuild_lock(self, projection: Projection) -> Iterator[KeepLock]:
-        # A session lock on a connection of its own, held until released or the session
-        # ends: a rebuild that dies lets go of it with its connection.
-        key = f"{self.datastore.schema}.{self.tracking_key(projection)}"
-        with self.datastore.get_connection() as conn:
-            row = conn.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0)) AS taken", (key,)
-            ).fetchone()
-            if row is None or not row["taken"]:
-                raise RebuildInProgress(projection.name, "another session holds its lock")
-            try:
-                yield lambda: None
-            finally:
-                with suppress(*DB_ERRORS):
-                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
-
-    def _tracking_table(self) -> str:
-        return self._qualified(self.tracking_table_name)
-
-    def _lock_row(self, c: Any, key: str) -> None:
-        pass  # _locked_position reads the row FOR UPDATE
-
-    def _for_update(self) -> str:
-        return " FOR UPDATE"
-
-    def _track(self, c: Any, key: str, position: int) -> None:
-        self._insert_tracking(c, Tracking(key, position))
-
-    def _fetchall(self, c: Any) -> list[tuple[Any, ...]]:
-        return [tuple(row.values()) for row in c.fetchall()]
-
-    def _column_type(self, kind: str) -> str:
-        return "BIGINT" if kind == INT else "TEXT"
-
-    def _create_table_sql(self, table: Table, name: str) -> str:
-        return (
-            f"CREATE TABLE IF NOT EXISTS {self._qualified(name)} ({self._columns_sql(table)}, "
-            f'CONSTRAINT "{name}_pkey" PRIMARY KEY ("{table.key}"))'
-        )
-
-    def _rename_sql(self, table: Table, old: str, new: str) -> list[str]:
-        return [
-            f'ALTER TABLE {self._qualified(old)} RENAME TO "{new}"',
-            f'ALTER TABLE {self._qualified(new)} RENAME CONSTRAINT "{old}_pkey" TO "{new}_pkey"',
-        ]
-
-
-# -- the recorder for a service ---------------------------------------------------------------
-
-
-def open_read_models(service: CurationService, projections: Sequence[Projection]) -> ReadModels:
-    """The read models' recorder in the service's own database (for ``memory://``, a private
-    in-memory SQLite database), with every projection's tables and tracking row made."""
-    factory = service.factory
-    store: ReadModels
-    if isinstance(factory, SQLiteFactory):
-        store = SQLiteReadModels(factory.datastore, app_name=service.name, projections=projections)
-    elif isinstance(factory, PostgresFactory):
-        store = PostgresReadModels(
-            factory.datastore, app_name=service.name, projections=projections
-        )
-    elif isinstance(factory, POPOFactory):
-        store = SQLiteReadModels(memory_datastore(), app_name=service.name, projections=projections)
-    else:
-        raise UnsupportedStore(type(factory).__name__)
-    _create_tables(store)
-    store.init_positions(projections)
-    return store
-
-
-def _create_tables(store: ReadModels) -> None:
-    # On PostgreSQL the DDL itself runs under the store's DDL lock (PostgresReadModels), but
-    # the library decides whether to record its tracking table's migration row before taking
-    # it: a second opener that looked before the first committed records it again, and a
-    # second attempt, which looks again, is a no-op.
-    for attempt in range(3):
-        try:
-            store.create_table()
-            return
-        except (IntegrityError, ProgrammingError):
-            if attempt == 2:
-                raise

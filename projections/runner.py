@@ -3,7 +3,7 @@
 Built from the composition root (``Projections(service)``; bootstrap's ``System.projections``).
 Composition, not inheritance: it reads the service's notification log through the one reader
 (``domain.log.log_reader`` over ``service.recorder`` and ``service.mapper``), and keeps its
-tables in the service's own datastore (``recorders.open_read_models``). Following the log is
+tables in the service's own datastore (``backends.open_read_models``). Following the log is
 this module's own work; rebuild (``rebuild.py``) and verify (``verify.py``) are modules of their
 own that it delegates to.
 
@@ -37,13 +37,14 @@ from domain.log import Notice, log_reader, notices
 from domain.service import CurationService
 from domain.store_errors import first_line
 from domain.transitions import JobState
+from projections.backends import open_read_models
 from projections.catalog import PROJECTION_NAMES, PROJECTIONS, projection_named, selected, topics_of
 from projections.decisions import DECISION_STATUSES
 from projections.errors import DATA_ERRORS, ProjectionFailed, UnknownFilter, read_model_call
 from projections.progress import ProgressCallback, progress_bar
 from projections.projection import Projection
 from projections.rebuild import REBUILD_BATCH, RebuildReport, rebuild_projection
-from projections.recorders import PositionMoved, open_read_models
+from projections.recorders import PositionMoved
 from projections.schema import (
     DECISIONS,
     DISPATCH_AUDIT,

@@ -26,8 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # just before its tracking record is ("mid").
 RUNNER = """
 import sys, time
-from projections.runner import Projections
-from projections.recorders import PostgresReadModels, ReadModels, SQLiteReadModels
+from tests.support.fakes import open_projections
+from projections.postgres_recorder import PostgresReadModels
+from projections.recorders import ReadModels
+from projections.sqlite_recorder import SQLiteReadModels
 
 mode, url, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 apply = ReadModels.apply
