@@ -328,7 +328,7 @@ def guest_error(kind: str, message: str, decision_id: str | None = None) -> dict
 def parse_request(raw: bytes) -> dict[str, Any] | str:
     """A normalised ``{"method", "url", "headers", "body"}`` or the reason the bytes are not one."""
     try:
-        request = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        request = strict_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return "request is not UTF-8"
     except (ValueError, RecursionError) as exc:
@@ -385,16 +385,93 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads and json.dumps given any option build a new decoder or encoder per call.
+_STRICT_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+COMPACT_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+
+
+def strict_json(text: str) -> Any:
+    """``text`` as JSON, refusing NaN and the infinities; ValueError or RecursionError if not."""
+    return _STRICT_DECODER.decode(text)
+
+
 # --- the host functions -----------------------------------------------------------------
 
 
 def define_host_functions(linker: Linker) -> None:
     """Define ``sequent.log`` and ``sequent.http_call`` on a (process-wide) linker."""
     i32, i64 = ValType.i32(), ValType.i64()
-    linker.define_func("sequent", "log", FuncType([i32, i32, i32], []), _log, access_caller=True)
-    linker.define_func(
-        "sequent", "http_call", FuncType([i32, i32], [i64]), _http_call, access_caller=True
-    )
+    log_type, http_call_type = FuncType([i32, i32, i32], []), FuncType([i32, i32], [i64])
+    if RAW_HOST_FUNCTIONS:
+        _define_raw(linker, b"log", log_type, _raw_log)
+        _define_raw(linker, b"http_call", http_call_type, _raw_http_call)
+        return
+    linker.define_func("sequent", "log", log_type, _log, access_caller=True)
+    linker.define_func("sequent", "http_call", http_call_type, _http_call, access_caller=True)
+
+
+# wasmtime-py's own trampoline boxes every parameter in a ``Val`` and, for an i64 result, builds
+# and compares three ``ValType``s per call. The signatures above are fixed, so the host functions
+# are entered through wasmtime's unchecked callback instead: parameters and result are read and
+# written as raw slots. Neither callback may raise (see the module docstring): both catch
+# everything and answer as the public path would.
+_RAW_HOST_NAMES: Final = (
+    "wasmtime_linker_define_func_unchecked",
+    "wasmtime_func_unchecked_callback_t",
+    "wasmtime_caller_t",
+)
+RAW_HOST_FUNCTIONS: Final = FAST_PATH and all(hasattr(_raw, name) for name in _RAW_HOST_NAMES)
+_HOST_MODULE: Final = b"sequent"
+_NO_FINALIZER: Final = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # NULL: nothing to free
+
+
+def _define_raw(linker: Linker, name: bytes, ty: FuncType, callback: Any) -> None:
+    error = _raw.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), _HOST_MODULE, len(_HOST_MODULE), name, len(name), ty.ptr(), callback,
+        None, _NO_FINALIZER,
+    )  # fmt: skip
+    if error:
+        raise WasmtimeError._from_ptr(error)
+
+
+def _log_entry(env: object, caller_ptr: Any, slots: Any, count: int) -> int:
+    try:
+        caller = Caller(caller_ptr)
+        try:
+            _log(caller, slots[0].i32, slots[1].i32, slots[2].i32)
+        finally:
+            caller._invalidate()
+    except BaseException as exc:  # never into wasmtime (_log itself already catches)
+        _record_escape("log", exc)
+    return 0
+
+
+def _http_call_entry(env: object, caller_ptr: Any, slots: Any, count: int) -> int:
+    packed = 0
+    try:
+        caller = Caller(caller_ptr)
+        try:
+            packed = _http_call(caller, slots[0].i32, slots[1].i32)
+        finally:
+            caller._invalidate()
+    except BaseException as exc:  # never into wasmtime (_http_call itself already catches)
+        _record_escape("http_call", exc)
+    slots[0].i64 = packed
+    return 0
+
+
+def _record_escape(name: str, exc: BaseException) -> None:
+    session = current_session()
+    if session is not None:
+        session.record_abi(GuestAbiError("abi_error", f"{name} failed in the host: {exc!r}"))
+
+
+# The ctypes callbacks must live as long as the process-wide linker that holds them.
+_raw_log = _raw.wasmtime_func_unchecked_callback_t(_log_entry) if RAW_HOST_FUNCTIONS else None
+_raw_http_call = (
+    _raw.wasmtime_func_unchecked_callback_t(_http_call_entry) if RAW_HOST_FUNCTIONS else None
+)
 
 
 def _log(caller: Caller, level: int, ptr: int, length: int) -> None:
@@ -505,4 +582,4 @@ def _encode_response(session: HostSession, response: dict[str, Any]) -> bytes:
 
 
 def _encoded(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _STRICT_ENCODER.encode(value).encode("utf-8")

@@ -28,7 +28,6 @@ while its linear memory is within :func:`memory_headroom` of the limit.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -58,6 +57,7 @@ from wasmtime import (
 
 from domain.values import json_problems
 from integrations.host import (
+    COMPACT_ENCODER,
     GuestAbiError,
     HostCalls,
     HostSession,
@@ -69,6 +69,7 @@ from integrations.host import (
     define_host_functions,
     guest_exports,
     read_guest,
+    strict_json,
     unpack,
     write_guest,
 )
@@ -338,7 +339,7 @@ class Runtime:
         """Run ``module`` once on ``input``; never raises for anything the guest does."""
         loaded = module if isinstance(module, LoadedModule) else self.load(module)
         limits = limits or self.limits
-        payload = json.dumps(input, separators=(",", ":")).encode("utf-8")
+        payload = COMPACT_ENCODER.encode(input).encode("utf-8")
         started = time.perf_counter()
         if loaded.pre is None:
             return _link_failure(loaded, started)
@@ -550,13 +551,9 @@ def _read_output(memory: Memory, store: Store, packed: int, limits: SandboxLimit
     except UnicodeDecodeError as exc:
         raise _BadOutput(f"output is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return strict_json(text)
     except (ValueError, RecursionError) as exc:
         raise _BadOutput(_one_line(f"output is not JSON: {exc}")) from None
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
 
 
 # --- results ------------------------------------------------------------------------------
