@@ -20,8 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
@@ -172,15 +171,23 @@ class HostSession:
 _BOUND = threading.local()
 
 
-@contextmanager
-def bound(session: HostSession) -> Iterator[HostSession]:
-    """Make ``session`` the one the host functions serve on this thread for the duration."""
-    previous = getattr(_BOUND, "session", None)
-    _BOUND.session = session
-    try:
-        yield session
-    finally:
-        _BOUND.session = previous
+class bound:
+    """Make ``session`` the one the host functions serve on this thread for the duration.
+    (A class, not a generator: entered on every run, where @contextmanager costs a few us.)"""
+
+    __slots__ = ("previous", "session")
+
+    def __init__(self, session: HostSession) -> None:
+        self.session = session
+        self.previous: HostSession | None = None
+
+    def __enter__(self) -> HostSession:
+        self.previous = getattr(_BOUND, "session", None)
+        _BOUND.session = self.session
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        _BOUND.session = self.previous
 
 
 def current_session() -> HostSession | None:
@@ -202,16 +209,23 @@ def unpack(value: int) -> tuple[int, int]:
     return unsigned >> 32, unsigned & MASK32
 
 
-def _base(memory: Memory, store: Store | Caller) -> int:
-    return ctypes.addressof(memory.data_ptr(store).contents)
+def _memory_now(memory: Memory, store: Store | Caller) -> tuple[int, int]:
+    """(base address, byte length) of linear memory as it is now: growing may move it. One
+    context and handle for both, where wasmtime-py's two methods would each look them up."""
+    if not FAST_PATH:
+        return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
+    context, handle = store._context(), ctypes.byref(memory._memory)
+    base = ctypes.addressof(_raw.wasmtime_memory_data(context, handle).contents)
+    return base, int(_raw.wasmtime_memory_data_size(context, handle))
 
 
 def read_guest(memory: Memory, store: Store | Caller, ptr: int, length: int) -> bytes | None:
     """The bytes at ``[ptr, ptr + length)``, or None when that range is outside the memory."""
     start, size = ptr & MASK32, length & MASK32
-    if start + size > memory.data_len(store):
+    base, limit = _memory_now(memory, store)
+    if start + size > limit:
         return None
-    return ctypes.string_at(_base(memory, store) + start, size) if size else b""
+    return ctypes.string_at(base + start, size) if size else b""
 
 
 def write_guest(store: Store | Caller, exports: GuestExports, data: bytes) -> int:
@@ -224,12 +238,13 @@ def write_guest(store: Store | Caller, exports: GuestExports, data: bytes) -> in
     if result == -1:
         raise GuestAbiError("memory_limit", f"alloc({len(data)}) returned -1: guest out of memory")
     ptr = result & MASK32
-    if ptr + len(data) > exports.memory.data_len(store):
+    base, limit = _memory_now(exports.memory, store)
+    if ptr + len(data) > limit:
         raise GuestAbiError(
             "abi_error", f"alloc({len(data)}) returned {ptr:#x}, outside linear memory"
         )
     if data:
-        ctypes.memmove(_base(exports.memory, store) + ptr, data, len(data))
+        ctypes.memmove(base + ptr, data, len(data))
     return ptr
 
 
@@ -247,6 +262,8 @@ _RAW_NAMES: Final = (
     "wasmtime_instance_export_get",
     "wasmtime_extern_t",
     "wasm_trap_t",
+    "wasmtime_memory_data",
+    "wasmtime_memory_data_size",
 )
 FAST_PATH: Final = all(hasattr(_raw, name) for name in _RAW_NAMES)
 _EXPORT_NAMES: Final = {name: name.encode() for name in ("memory", "alloc", "run")}
