@@ -20,8 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
@@ -172,15 +171,23 @@ class HostSession:
 _BOUND = threading.local()
 
 
-@contextmanager
-def bound(session: HostSession) -> Iterator[HostSession]:
-    """Make ``session`` the one the host functions serve on this thread for the duration."""
-    previous = getattr(_BOUND, "session", None)
-    _BOUND.session = session
-    try:
-        yield session
-    finally:
-        _BOUND.session = previous
+class bound:
+    """Make ``session`` the one the host functions serve on this thread for the duration.
+    (A class, not a generator: entered on every run, where @contextmanager costs a few us.)"""
+
+    __slots__ = ("previous", "session")
+
+    def __init__(self, session: HostSession) -> None:
+        self.session = session
+        self.previous: HostSession | None = None
+
+    def __enter__(self) -> HostSession:
+        self.previous = getattr(_BOUND, "session", None)
+        _BOUND.session = self.session
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        _BOUND.session = self.previous
 
 
 def current_session() -> HostSession | None:
@@ -202,16 +209,23 @@ def unpack(value: int) -> tuple[int, int]:
     return unsigned >> 32, unsigned & MASK32
 
 
-def _base(memory: Memory, store: Store | Caller) -> int:
-    return ctypes.addressof(memory.data_ptr(store).contents)
+def _memory_now(memory: Memory, store: Store | Caller) -> tuple[int, int]:
+    """(base address, byte length) of linear memory as it is now: growing may move it. One
+    context and handle for both, where wasmtime-py's two methods would each look them up."""
+    if not FAST_PATH:
+        return ctypes.addressof(memory.data_ptr(store).contents), memory.data_len(store)
+    context, handle = store._context(), ctypes.byref(memory._memory)
+    base = ctypes.addressof(_raw.wasmtime_memory_data(context, handle).contents)
+    return base, int(_raw.wasmtime_memory_data_size(context, handle))
 
 
 def read_guest(memory: Memory, store: Store | Caller, ptr: int, length: int) -> bytes | None:
     """The bytes at ``[ptr, ptr + length)``, or None when that range is outside the memory."""
     start, size = ptr & MASK32, length & MASK32
-    if start + size > memory.data_len(store):
+    base, limit = _memory_now(memory, store)
+    if start + size > limit:
         return None
-    return ctypes.string_at(_base(memory, store) + start, size) if size else b""
+    return ctypes.string_at(base + start, size) if size else b""
 
 
 def write_guest(store: Store | Caller, exports: GuestExports, data: bytes) -> int:
@@ -224,12 +238,13 @@ def write_guest(store: Store | Caller, exports: GuestExports, data: bytes) -> in
     if result == -1:
         raise GuestAbiError("memory_limit", f"alloc({len(data)}) returned -1: guest out of memory")
     ptr = result & MASK32
-    if ptr + len(data) > exports.memory.data_len(store):
+    base, limit = _memory_now(exports.memory, store)
+    if ptr + len(data) > limit:
         raise GuestAbiError(
             "abi_error", f"alloc({len(data)}) returned {ptr:#x}, outside linear memory"
         )
     if data:
-        ctypes.memmove(_base(exports.memory, store) + ptr, data, len(data))
+        ctypes.memmove(base + ptr, data, len(data))
     return ptr
 
 
@@ -247,6 +262,8 @@ _RAW_NAMES: Final = (
     "wasmtime_instance_export_get",
     "wasmtime_extern_t",
     "wasm_trap_t",
+    "wasmtime_memory_data",
+    "wasmtime_memory_data_size",
 )
 FAST_PATH: Final = all(hasattr(_raw, name) for name in _RAW_NAMES)
 _EXPORT_NAMES: Final = {name: name.encode() for name in ("memory", "alloc", "run")}
@@ -328,7 +345,7 @@ def guest_error(kind: str, message: str, decision_id: str | None = None) -> dict
 def parse_request(raw: bytes) -> dict[str, Any] | str:
     """A normalised ``{"method", "url", "headers", "body"}`` or the reason the bytes are not one."""
     try:
-        request = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        request = strict_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return "request is not UTF-8"
     except (ValueError, RecursionError) as exc:
@@ -385,16 +402,93 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: json.loads and json.dumps given any option build a new decoder or encoder per call.
+_STRICT_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+COMPACT_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
+
+
+def strict_json(text: str) -> Any:
+    """``text`` as JSON, refusing NaN and the infinities; ValueError or RecursionError if not."""
+    return _STRICT_DECODER.decode(text)
+
+
 # --- the host functions -----------------------------------------------------------------
 
 
 def define_host_functions(linker: Linker) -> None:
     """Define ``sequent.log`` and ``sequent.http_call`` on a (process-wide) linker."""
     i32, i64 = ValType.i32(), ValType.i64()
-    linker.define_func("sequent", "log", FuncType([i32, i32, i32], []), _log, access_caller=True)
-    linker.define_func(
-        "sequent", "http_call", FuncType([i32, i32], [i64]), _http_call, access_caller=True
-    )
+    log_type, http_call_type = FuncType([i32, i32, i32], []), FuncType([i32, i32], [i64])
+    if RAW_HOST_FUNCTIONS:
+        _define_raw(linker, b"log", log_type, _raw_log)
+        _define_raw(linker, b"http_call", http_call_type, _raw_http_call)
+        return
+    linker.define_func("sequent", "log", log_type, _log, access_caller=True)
+    linker.define_func("sequent", "http_call", http_call_type, _http_call, access_caller=True)
+
+
+# wasmtime-py's own trampoline boxes every parameter in a ``Val`` and, for an i64 result, builds
+# and compares three ``ValType``s per call. The signatures above are fixed, so the host functions
+# are entered through wasmtime's unchecked callback instead: parameters and result are read and
+# written as raw slots. Neither callback may raise (see the module docstring): both catch
+# everything and answer as the public path would.
+_RAW_HOST_NAMES: Final = (
+    "wasmtime_linker_define_func_unchecked",
+    "wasmtime_func_unchecked_callback_t",
+    "wasmtime_caller_t",
+)
+RAW_HOST_FUNCTIONS: Final = FAST_PATH and all(hasattr(_raw, name) for name in _RAW_HOST_NAMES)
+_HOST_MODULE: Final = b"sequent"
+_NO_FINALIZER: Final = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()  # NULL: nothing to free
+
+
+def _define_raw(linker: Linker, name: bytes, ty: FuncType, callback: Any) -> None:
+    error = _raw.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), _HOST_MODULE, len(_HOST_MODULE), name, len(name), ty.ptr(), callback,
+        None, _NO_FINALIZER,
+    )  # fmt: skip
+    if error:
+        raise WasmtimeError._from_ptr(error)
+
+
+def _log_entry(env: object, caller_ptr: Any, slots: Any, count: int) -> int:
+    try:
+        caller = Caller(caller_ptr)
+        try:
+            _log(caller, slots[0].i32, slots[1].i32, slots[2].i32)
+        finally:
+            caller._invalidate()
+    except BaseException as exc:  # never into wasmtime (_log itself already catches)
+        _record_escape("log", exc)
+    return 0
+
+
+def _http_call_entry(env: object, caller_ptr: Any, slots: Any, count: int) -> int:
+    packed = 0
+    try:
+        caller = Caller(caller_ptr)
+        try:
+            packed = _http_call(caller, slots[0].i32, slots[1].i32)
+        finally:
+            caller._invalidate()
+    except BaseException as exc:  # never into wasmtime (_http_call itself already catches)
+        _record_escape("http_call", exc)
+    slots[0].i64 = packed
+    return 0
+
+
+def _record_escape(name: str, exc: BaseException) -> None:
+    session = current_session()
+    if session is not None:
+        session.record_abi(GuestAbiError("abi_error", f"{name} failed in the host: {exc!r}"))
+
+
+# The ctypes callbacks must live as long as the process-wide linker that holds them.
+_raw_log = _raw.wasmtime_func_unchecked_callback_t(_log_entry) if RAW_HOST_FUNCTIONS else None
+_raw_http_call = (
+    _raw.wasmtime_func_unchecked_callback_t(_http_call_entry) if RAW_HOST_FUNCTIONS else None
+)
 
 
 def _log(caller: Caller, level: int, ptr: int, length: int) -> None:
@@ -505,4 +599,4 @@ def _encode_response(session: HostSession, response: dict[str, Any]) -> bytes:
 
 
 def _encoded(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _STRICT_ENCODER.encode(value).encode("utf-8")

@@ -7,7 +7,8 @@ Why it is shaped this way:
   ``Engine`` and ``Linker`` are process-wide, a module is compiled once per sha256 of its wasm
   bytes (in memory, and optionally serialized to a directory so the next process skips the
   compiler), and its imports are resolved once into an ``InstancePre``. A run only creates a
-  ``Store``, instantiates, and calls ``alloc`` and ``run``.
+  ``Store``, instantiates (from slots reserved once: see :data:`POOL_SIZES`), and calls
+  ``alloc`` and ``run``.
 * A guest is untrusted, so a run is bounded by fuel (instructions), an epoch deadline (wall clock:
   a daemon thread ticks the engine epoch), a store memory limit, and caps on output size and
   ``http_call`` count. None of them may take the host process down: a run *returns* what went
@@ -28,7 +29,6 @@ while its linear memory is within :func:`memory_headroom` of the limit.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -55,9 +55,11 @@ from wasmtime import (
     TrapCode,
     WasmtimeError,
 )
+from wasmtime import _ffi as _raw  # the pooling allocator has no wrapper in wasmtime-py
 
 from domain.values import json_problems
 from integrations.host import (
+    COMPACT_ENCODER,
     GuestAbiError,
     HostCalls,
     HostSession,
@@ -69,6 +71,7 @@ from integrations.host import (
     define_host_functions,
     guest_exports,
     read_guest,
+    strict_json,
     unpack,
     write_guest,
 )
@@ -91,6 +94,27 @@ ErrorKind = Literal[
 ]
 
 EPOCH_TICK_SECONDS: Final = 0.01
+
+# The pooling allocator: a fresh store per run, but its instance, memory and tables come from
+# slots reserved once per process (address space only; a slot is zeroed when it is given back),
+# which takes about a third off instantiating a store and tearing it down. The pool caps only
+# what a slot *can* hold; what a run may use is still its store's limits. A module no slot can
+# hold (compiling says so) gets a default engine instead, so it is judged exactly as it would
+# be without a pool. More than POOLED_RUNS runs at once would fail to instantiate (link_error);
+# a dispatcher runs at most its concurrency (16) at once. No pool (this wasmtime-py lacks the
+# calls, or the address space cannot be reserved): every engine allocates per store.
+POOLED_RUNS: Final = 1000
+POOL_SIZES: Final[Mapping[str, int]] = {
+    "total_core_instances": POOLED_RUNS,
+    "total_memories": POOLED_RUNS,
+    "total_tables": 4 * POOLED_RUNS,
+    "max_tables_per_module": 4,
+    "max_memory_size": 1 << 32,
+}
+POOLING: Final = all(
+    hasattr(_raw, f"wasmtime_pooling_allocation_config_{name}")
+    for name in ("new", "delete", *(f"{setter}_set" for setter in POOL_SIZES))
+) and hasattr(_raw, "wasmtime_pooling_allocation_strategy_set")
 ABI_VERSION: Final = 1
 
 # guest export name -> the extern it must be ("memory" or a function signature)
@@ -145,6 +169,7 @@ class LoadedModule:
     module: Module
     pre: InstancePre | None
     link_problem: str | None
+    engine: Engine | None = None  # the engine it was compiled for, when not the runtime's
 
 
 @dataclass(frozen=True)
@@ -194,6 +219,9 @@ class CacheStats:
 class _Process:
     engine: Engine
     linker: Linker
+    # Set when ``engine`` is pooled: a default engine for the modules the pool cannot hold
+    # (compiling rejects them), so they load and are judged exactly as without a pool.
+    unpooled: tuple[Engine, Linker] | None
 
 
 _PROCESS: _Process | None = None
@@ -202,32 +230,69 @@ _PROCESS_LOCK = threading.Lock()
 
 def process_engine() -> tuple[Engine, Linker]:
     """The one Engine (fuel + epoch interruption) and Linker (host functions) of this process."""
+    process = _process()
+    return process.engine, process.linker
+
+
+def _process() -> _Process:
     global _PROCESS  # noqa: PLW0603 - a lazily created process singleton
     with _PROCESS_LOCK:
         if _PROCESS is None:
             _PROCESS = _start_process()
-        return _PROCESS.engine, _PROCESS.linker
+        return _PROCESS
 
 
 def _start_process() -> _Process:
+    pooled = _pooled_engine() if POOLING else None
+    engine = pooled or Engine(_config())
+    unpooled = Engine(_config()) if pooled is not None else None
+    engines = (engine,) if unpooled is None else (engine, unpooled)
+    ticker = threading.Thread(
+        target=_tick_forever, args=(engines,), name="sequent-epoch-ticker", daemon=True
+    )
+    ticker.start()
+    return _Process(
+        engine, _linker(engine), (unpooled, _linker(unpooled)) if unpooled is not None else None
+    )
+
+
+def _linker(engine: Engine) -> Linker:
+    linker = Linker(engine)
+    define_host_functions(linker)
+    return linker
+
+
+def _config() -> Config:
     config = Config()
     config.consume_fuel = True
     config.epoch_interruption = True
     config.cranelift_opt_level = "speed"
-    engine = Engine(config)
-    linker = Linker(engine)
-    define_host_functions(linker)
-    ticker = threading.Thread(
-        target=_tick_forever, args=(engine,), name="sequent-epoch-ticker", daemon=True
-    )
-    ticker.start()
-    return _Process(engine, linker)
+    return config
 
 
-def _tick_forever(engine: Engine) -> None:
+def _pooled_engine() -> Engine | None:
+    """An engine whose stores take instances, memories and tables from a pool reserved once,
+    or None when this wasmtime or this machine will not have one (then each store allocates
+    its own, as wasmtime does by default). The pool only caps what a slot *can* hold; what a
+    run may use is still the store's limits (``Runtime.new_store``)."""
+    pool = _raw.wasmtime_pooling_allocation_config_new()
+    for setter, value in POOL_SIZES.items():
+        getattr(_raw, f"wasmtime_pooling_allocation_config_{setter}_set")(pool, value)
+    config = _config()
+    _raw.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+    _raw.wasmtime_pooling_allocation_config_delete(pool)
+    try:
+        return Engine(config)
+    except WasmtimeError as exc:  # e.g. the address space cannot be reserved
+        log.warning("wasm instance pool unavailable, allocating per run: %s", _first_line(str(exc)))
+        return None
+
+
+def _tick_forever(engines: tuple[Engine, ...]) -> None:
     while True:
         time.sleep(EPOCH_TICK_SECONDS)
-        engine.increment_epoch()
+        for engine in engines:
+            engine.increment_epoch()
 
 
 def epoch_ticks(seconds: float) -> int:
@@ -247,7 +312,8 @@ class Runtime:
         self.limits = limits or SandboxLimits()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.stats = CacheStats()
-        self.engine, self.linker = process_engine()
+        process = _process()
+        self.engine, self.linker, self._unpooled = process.engine, process.linker, process.unpooled
         self._modules: dict[str, LoadedModule] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -265,7 +331,7 @@ class Runtime:
         with key_lock:
             cached = self._modules.get(sha)
             if cached is None:
-                cached = self._link(self._compile(wasm, sha), sha, len(wasm))
+                cached = self._link(*self._compile(wasm, sha), sha, len(wasm))
                 with self._lock:
                     self._modules[sha] = cached
         return cached
@@ -285,7 +351,8 @@ class Runtime:
     def cache_path(self, sha256: str) -> Path | None:
         return self.cache_dir / f"{sha256}.cwasm" if self.cache_dir is not None else None
 
-    def _compile(self, wasm: bytes, sha: str) -> Module:
+    def _compile(self, wasm: bytes, sha: str) -> tuple[Module, bool]:
+        """The module and whether it is the unpooled engine's (one the pool cannot hold)."""
         path = self.cache_path(sha)
         if path is not None and path.is_file():
             try:
@@ -294,15 +361,24 @@ class Runtime:
                 log.warning("ignoring module cache %s: %s", path, _first_line(str(exc)))
             else:
                 self.stats.deserialized += 1
-                return module
+                return module, False
         try:
             module = Module(self.engine, wasm)
         except WasmtimeError as exc:
-            raise ModuleRejected("invalid", _first_line(str(exc))) from None
+            if self._unpooled is None:
+                raise ModuleRejected("invalid", _first_line(str(exc))) from None
+            # Invalid, or valid but too big for a pool slot: the unpooled engine tells which.
+            # Its code is not cached on disk, which holds the pooled engine's.
+            try:
+                module = Module(self._unpooled[0], wasm)
+            except WasmtimeError as unpooled_exc:
+                raise ModuleRejected("invalid", _first_line(str(unpooled_exc))) from None
+            self.stats.compiled += 1
+            return module, True
         self.stats.compiled += 1
         if path is not None:
             self._serialize(module, path)
-        return module
+        return module, False
 
     def _serialize(self, module: Module, path: Path) -> None:
         try:
@@ -316,15 +392,16 @@ class Runtime:
             return
         self.stats.serialized += 1
 
-    def _link(self, module: Module, sha: str, size: int) -> LoadedModule:
+    def _link(self, module: Module, unpooled: bool, sha: str, size: int) -> LoadedModule:
+        engine, linker = self._unpooled if unpooled and self._unpooled else (None, self.linker)
         problem = abi_problem(module.exports)
         pre = None
         if problem is None:
             try:
-                pre = self.linker.instantiate_pre(module)
+                pre = linker.instantiate_pre(module)
             except WasmtimeError as exc:
                 problem = _first_line(str(exc))
-        return LoadedModule(sha, size, module, pre, problem)
+        return LoadedModule(sha, size, module, pre, problem, engine)
 
     # --- running ------------------------------------------------------------------------
 
@@ -338,7 +415,7 @@ class Runtime:
         """Run ``module`` once on ``input``; never raises for anything the guest does."""
         loaded = module if isinstance(module, LoadedModule) else self.load(module)
         limits = limits or self.limits
-        payload = json.dumps(input, separators=(",", ":")).encode("utf-8")
+        payload = COMPACT_ENCODER.encode(input).encode("utf-8")
         started = time.perf_counter()
         if loaded.pre is None:
             return _link_failure(loaded, started)
@@ -348,15 +425,16 @@ class Runtime:
             max_response_bytes=limits.http_response_bytes,
             max_log_lines=limits.log_lines,
         )
-        store = self.new_store(limits)
+        store = self.new_store(limits, loaded.engine)
         with bound(session):
             attempt = _execute(loaded.pre, store, payload, session)
         verdict = _classify(attempt, session, store, limits)
         return _result(loaded, verdict, session, _fuel_used(store, limits), started)
 
-    def new_store(self, limits: SandboxLimits) -> Store:
-        """A store bounded as every invocation's is (fuel, memory, tables, wall clock)."""
-        store = Store(self.engine)
+    def new_store(self, limits: SandboxLimits, engine: Engine | None = None) -> Store:
+        """A store bounded as every invocation's is (fuel, memory, tables, wall clock), of
+        ``engine`` (a module's, when not the runtime's own)."""
+        store = Store(engine or self.engine)
         store.set_fuel(limits.fuel)
         store.set_limits(
             memory_size=limits.memory_bytes,
@@ -550,13 +628,9 @@ def _read_output(memory: Memory, store: Store, packed: int, limits: SandboxLimit
     except UnicodeDecodeError as exc:
         raise _BadOutput(f"output is not UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return strict_json(text)
     except (ValueError, RecursionError) as exc:
         raise _BadOutput(_one_line(f"output is not JSON: {exc}")) from None
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
 
 
 # --- results ------------------------------------------------------------------------------

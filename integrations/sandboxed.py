@@ -97,7 +97,8 @@ class AuthorizedHost:
 
     def log(self, level: int, message: str) -> None:
         python_level = LOG_LEVELS[min(max(level, 0), len(LOG_LEVELS) - 1)]
-        log.log(python_level, "%s[%s]: %s", self.integration, self.invocation_id[:8], message)
+        if log.isEnabledFor(python_level):
+            log.log(python_level, "%s[%s]: %s", self.integration, self.invocation_id[:8], message)
 
 
 def outcome_of(result: RunResult, denial: str | None = None) -> RunOutcome:

@@ -231,14 +231,14 @@ def http_call_span(
 ) -> Iterator[HttpCallSpan]:
     """Around one ``http_call`` the host makes for a guest. The URL is on the span only as the
     Cedar resource it was checked as (scheme://host:port/first-segment), never with a query."""
+    if not tracing():
+        yield HttpCallSpan(INVALID_SPAN)
+        return
     attributes: dict[str, str | int] = {
         "http.request.method": method.upper()[:16],
         o.JOB_ID: job_id,
         o.INVOCATION_ID: invocation_id,
         o.ATTEMPT: attempt,
     }
-    if not tracing():
-        yield HttpCallSpan(INVALID_SPAN)
-        return
     with tracer().start_as_current_span(o.HTTP_CALL_SPAN, attributes=attributes) as span:
         yield HttpCallSpan(span)
