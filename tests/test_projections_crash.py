@@ -28,6 +28,7 @@ RUNNER = """
 import sys, time
 from projections.runner import Projections
 from projections.recorders import PostgresReadModels, ReadModels, SQLiteReadModels
+from tests.support.fakes import open_projections
 
 mode, url, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 apply = ReadModels.apply
