@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import Application, ProjectorFunction, project_aggregate
-from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.persistence import InfrastructureFactory, StoredEvent
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 
@@ -32,7 +32,8 @@ from domain.job import CurationJob
 from domain.orphan import OrphanSession, orphan_id
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
-from domain.snapshots import load_job
+from domain.recorders import BATCH_FACTORIES, events_of
+from domain.snapshots import fold, job_from, latest_snapshots, load_job
 from domain.store_errors import (
     BACKOFF,
     MAX_CONFLICT_RETRIES,
@@ -77,6 +78,32 @@ def _ids_checked(dispatch: Dispatch) -> Dispatch:
     return replace(dispatch, job_id=job_id, invocation_id=invocation_id)
 
 
+@dataclass(frozen=True)
+class StoredBatch:
+    """The stored snapshots and events a batch of completions is decided on."""
+
+    snapshots: dict[UUID, StoredEvent]
+    events: dict[UUID, list[StoredEvent]]
+
+    @classmethod
+    def read(
+        cls, app: Application[UUID], job_ids: Sequence[UUID], invocation_ids: Sequence[UUID]
+    ) -> StoredBatch:
+        snapshots = latest_snapshots(app, job_ids)
+        # From a job's snapshot's version on (job_from checks the snapshot against that
+        # event); every event of an invocation, and of an id named as both (a bad dispatch).
+        after = {j: snapshots[j].originator_version - 1 if j in snapshots else 0 for j in job_ids}
+        after.update(dict.fromkeys(invocation_ids, 0))
+        return cls(snapshots, events_of(app.recorder, after))
+
+    def job(self, app: Application[UUID], job_id: UUID) -> object | None:
+        return job_from(app, job_id, self.snapshots.get(job_id), self.events.get(job_id, []))
+
+    def invocation(self, app: Application[UUID], invocation_id: UUID) -> object | None:
+        stored = self.events.get(invocation_id, [])
+        return fold(None, (app.mapper.to_domain_event(s) for s in stored))
+
+
 class CurationService(Application[UUID]):
     name = "Sequent"
     snapshotting_intervals: ClassVar[dict[type[Any], int]] = {CurationJob: SNAPSHOT_INTERVAL}
@@ -98,8 +125,14 @@ class CurationService(Application[UUID]):
             return cls(config.env, url=config.url)
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory:
-        """The library's factory; a PostgreSQL one with sessions that time out waiting."""
-        factory = super().construct_factory(env)
+        """The library's factory, with batch reads; a PostgreSQL one with sessions that time
+        out waiting."""
+        # The library's own factory for the store, with recorders that also read many
+        # aggregates in one query (domain.recorders; complete_batch's reads).
+        batch_factory = BATCH_FACTORIES.get(env.get(InfrastructureFactory.PERSISTENCE_MODULE, ""))
+        factory: InfrastructureFactory[Any] = (
+            batch_factory(env) if batch_factory else super().construct_factory(env)
+        )
         if isinstance(factory, PostgresFactory):  # before the recorders' first connection
             bound_waits(factory.datastore, postgres_options(env))
         return factory
@@ -178,9 +211,13 @@ class CurationService(Application[UUID]):
         whole batch on fresh state."""
         checked = [(_ids_checked(d), a, completion_values(a, p)) for d, a, p in completions]
 
+        job_ids = list(dict.fromkeys(d.job_id for d, _, _ in checked))
+        invocation_ids = list(dict.fromkeys(d.invocation_id for d, _, _ in checked))
+
         def once() -> list[Verdict]:
+            stored = self._batch(job_ids, invocation_ids)
             loaded: dict[UUID, CurationJob | Invocation] = {}
-            verdicts = [self._decide(loaded, d, a, values) for d, a, values in checked]
+            verdicts = [self._decide(stored, loaded, d, a, values) for d, a, values in checked]
             # Saved together: each job moved only if its invocation says so, or neither.
             self.save(*loaded.values())
             return verdicts
@@ -192,20 +229,23 @@ class CurationService(Application[UUID]):
 
     def _decide(
         self,
+        stored: StoredBatch,
         loaded: dict[UUID, CurationJob | Invocation],
         dispatch: Dispatch,
         action: str,
         values: dict[str, Any],
     ) -> Verdict:
-        """Loads (or reuses from ``loaded``) the job and invocation, asks the guard, and
-        applies its verdict to both aggregates in memory."""
+        """Takes the job and invocation from ``loaded`` (as the ones before left them) or folds
+        them from ``stored``, asks the guard, and applies its verdict to both in memory."""
         job_id = dispatch.job_id
         job = loaded.get(job_id)
         if not isinstance(job, CurationJob):
-            job = loaded[job_id] = self._job(job_id)
+            job = loaded[job_id] = self._checked_job(job_id, stored.job(self, job_id))
         invocation = loaded.get(dispatch.invocation_id)
         if not isinstance(invocation, Invocation):
-            invocation = self._invocation_or_none(dispatch.invocation_id)
+            invocation = self._checked_invocation(
+                dispatch.invocation_id, stored.invocation(self, dispatch.invocation_id)
+            )
         if invocation is not None:
             invocation.check_dispatch(dispatch, job_id)
         decision = decide(job, invocation, dispatch, action)
@@ -378,7 +418,17 @@ class CurationService(Application[UUID]):
         return store_call(self.url)
 
     def _job(self, job_id: UUID) -> CurationJob:
-        job = load_job(self, job_id)  # a snapshot only once checked (domain.snapshots)
+        # A snapshot only once checked (domain.snapshots).
+        return self._checked_job(job_id, load_job(self, job_id))
+
+    def _batch(self, job_ids: Sequence[UUID], invocation_ids: Sequence[UUID]) -> StoredBatch:
+        """What a batch of completions decides on, read in two queries: the jobs' latest
+        snapshots, then the events of the jobs (from their snapshots' versions on) and of the
+        invocations."""
+        return StoredBatch.read(self, job_ids, invocation_ids)
+
+    @staticmethod
+    def _checked_job(job_id: UUID, job: object) -> CurationJob:
         if not isinstance(job, CurationJob):
             raise JobNotFound(job_id)
         return job
@@ -407,7 +457,11 @@ class CurationService(Application[UUID]):
     def _invocation_or_none(self, invocation_id: UUID) -> Invocation | None:
         # Invocations are short and never snapshotted, so fold their events directly: one
         # query instead of the repository's two (snapshot store, then events).
-        invocation: object = project_aggregate(None, self.events.get(invocation_id))
+        invocation = fold(None, self.events.get(invocation_id))
+        return self._checked_invocation(invocation_id, invocation)
+
+    @staticmethod
+    def _checked_invocation(invocation_id: UUID, invocation: object) -> Invocation | None:
         if invocation is None:
             return None
         if not isinstance(invocation, Invocation):

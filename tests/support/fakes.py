@@ -4,7 +4,7 @@ sandbox, a service that lets a test interleave another writer, and the count of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -12,6 +12,7 @@ from uuid import UUID
 from bootstrap import Settings, open_service
 from domain import CurationService, Dispatch
 from domain.job import CurationJob
+from domain.service import StoredBatch
 from integrations.dispatcher import RunOutcome
 from projections import Projections
 
@@ -33,16 +34,25 @@ class FixedRunner:
 
 
 class InterleavingService(CurationService):
-    """A CurationService whose next job load runs ``interleave`` once, in this thread."""
+    """A CurationService whose next job load (one job, or a batch's) runs ``interleave`` once,
+    in this thread."""
 
     interleave: Callable[[], object] | None = None
 
     def _job(self, job_id: UUID) -> CurationJob:
         job = super()._job(job_id)
+        self._interleaved()
+        return job
+
+    def _batch(self, job_ids: Sequence[UUID], invocation_ids: Sequence[UUID]) -> StoredBatch:
+        batch = super()._batch(job_ids, invocation_ids)
+        self._interleaved()
+        return batch
+
+    def _interleaved(self) -> None:
         hook, self.interleave = self.interleave, None
         if hook is not None:
             hook()
-        return job
 
 
 def open_interleaving(url: str) -> InterleavingService:
