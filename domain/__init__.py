@@ -2,7 +2,7 @@
 (``transitions.py``, the state machine as data), the Invocation aggregate, the guard
 (``guard.py``, a pure decision on whether a completion may touch its job), CurationService
 (``service.py``, the command API over the ``eventsourcing`` event store; ``snapshots.py``, a
-job's snapshot checked against its events before use; ``recorders.py``, the library's
+job's snapshot checked against its events before use; ``batch_reads.py``, the library's
 recorders with reads of many aggregates in one query, for ``complete_batch``), the policy
 book with its Policy and Decision aggregates, Cedar's one home (``cedar.py``: schema, entity uids,
 endpoints, permits, policy-text checks), the log's topics and its one reader (``log.py``), the

@@ -18,6 +18,7 @@ from eventsourcing.persistence import InfrastructureFactory, StoredEvent
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 
+from domain.batch_reads import BATCH_FACTORIES, events_of
 from domain.errors import (
     ActionNotAllowedHere,
     InvalidDispatch,
@@ -32,7 +33,6 @@ from domain.job import CurationJob
 from domain.orphan import OrphanSession, orphan_id
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
-from domain.recorders import BATCH_FACTORIES, events_of
 from domain.snapshots import fold, job_from, latest_snapshots, load_job
 from domain.store_errors import (
     BACKOFF,
@@ -128,7 +128,7 @@ class CurationService(Application[UUID]):
         """The library's factory, with batch reads; a PostgreSQL one with sessions that time
         out waiting."""
         # The library's own factory for the store, with recorders that also read many
-        # aggregates in one query (domain.recorders; complete_batch's reads).
+        # aggregates in one query (domain.batch_reads; complete_batch's reads).
         batch_factory = BATCH_FACTORIES.get(env.get(InfrastructureFactory.PERSISTENCE_MODULE, ""))
         factory: InfrastructureFactory[Any] = (
             batch_factory(env) if batch_factory else super().construct_factory(env)

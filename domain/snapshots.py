@@ -35,9 +35,9 @@ from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from psycopg.rows import tuple_row
 
+from domain.batch_reads import latest_of
 from domain.job import CurationJob
 from domain.log import STATE_AFTER, UNREADABLE
-from domain.recorders import latest_of
 from domain.store_errors import first_line
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def load_job(app: Application[UUID], job_id: UUID, version: int | None = None) -
 
 def latest_snapshots(app: Application[UUID], job_ids: Sequence[UUID]) -> dict[UUID, StoredEvent]:
     """The latest stored snapshot of each of ``job_ids`` that has one, in one query where the
-    store's recorder can (``domain.recorders``); ``job_from`` decides whether to use it."""
+    store's recorder can (``domain.batch_reads``); ``job_from`` decides whether to use it."""
     if app.snapshots is None or not job_ids:
         return {}
     return latest_of(app.snapshots.recorder, job_ids)

@@ -1,4 +1,4 @@
-"""domain.recorders: the library's recorders with batch reads pass the library's own recorder
+"""domain.batch_reads: the library's recorders with batch reads pass the library's own recorder
 test cases on SQLite and PostgreSQL, read many aggregates in one query each, and let a batch of
 completions read its jobs and invocations in a number of queries that does not grow with it."""
 
@@ -25,7 +25,7 @@ from psycopg import sql
 
 from bootstrap import Settings, open_service
 from domain import Applied, CurationService
-from domain.recorders import (
+from domain.batch_reads import (
     BatchReads,
     PostgresBatchAggregateRecorder,
     PostgresBatchApplicationRecorder,
