@@ -9,9 +9,9 @@ error (a 404 page).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from console.lag import Lag, lags
 from console.lanes import Lanes, lanes_of
@@ -19,6 +19,8 @@ from domain import CurationService, DiscardReason, JobState, SequentError
 from projections import Projections, Timeline
 from projections.decisions import DECISION_STATUSES
 from projections.schema import AuditRow, DecisionRow, JobStatusRow
+
+R = TypeVar("R")  # a read-model row
 
 PAGE_SIZE = 50
 STATES = tuple(s.value for s in JobState)
@@ -141,11 +143,19 @@ class DiscardedPage:
 
 def discarded_page(p: Projections, reason: str | None) -> DiscardedPage:
     wanted = _choice("reason", reason, REASONS)
-    rows = p.discarded()
-    counted = Counter(r.reason for r in rows)
-    shown = [r for r in rows if wanted is None or r.reason == wanted]
+    counts, shown = _filtered(p.discarded(), lambda r: r.reason, wanted, REASONS)
+    return DiscardedPage(wanted, counts, shown)
+
+
+def _filtered(
+    rows: Sequence[R], key: Callable[[R], str | None], wanted: str | None, known: Sequence[str]
+) -> tuple[dict[str, int], list[R]]:
+    """Counts of every known value, and the rows with the wanted one (all when None), newest
+    first."""
+    counted = Counter(key(r) for r in rows)
+    shown = [r for r in rows if wanted is None or key(r) == wanted]
     shown.reverse()
-    return DiscardedPage(wanted, {r: counted.get(r, 0) for r in REASONS}, shown)
+    return {k: counted.get(k, 0) for k in known}, shown
 
 
 @dataclass(frozen=True)
@@ -157,11 +167,8 @@ class DecisionsPage:
 
 def decisions_page(p: Projections, status: str | None) -> DecisionsPage:
     wanted = _choice("status", status, DECISION_STATUSES)
-    rows = p.decisions()
-    counted = Counter(r.status for r in rows)
-    shown = [r for r in rows if wanted is None or r.status == wanted]
-    shown.reverse()
-    return DecisionsPage(wanted, {s: counted.get(s, 0) for s in DECISION_STATUSES}, shown)
+    counts, shown = _filtered(p.decisions(), lambda r: r.status, wanted, DECISION_STATUSES)
+    return DecisionsPage(wanted, counts, shown)
 
 
 # -- /status ------------------------------------------------------------------------------------

@@ -199,9 +199,10 @@ def system() -> Iterator[System]:
     built.close()
 
 
-def test_a_run_whose_authorization_lost_the_store_is_retried_never_failed(
+def losing_the_store_once(
     system: System, sessions: SessionService
-) -> None:
+) -> tuple[CurationService, Dispatch, Dispatcher]:
+    """One submitted job, and a dispatcher whose first Cedar check loses the store."""
     svc = system.service
     svc.policies.add_policy(default_policies(sessions.url))
     [dispatch] = submitted(svc, 1, sessions.url)
@@ -209,6 +210,13 @@ def test_a_run_whose_authorization_lost_the_store_is_retried_never_failed(
         system.runtime, system.module, StoreFailsOnce(svc.policies), system.client
     )
     dispatcher = Dispatcher(svc, runner, worker_id="w")
+    return svc, dispatch, dispatcher
+
+
+def test_a_run_whose_authorization_lost_the_store_is_retried_never_failed(
+    system: System, sessions: SessionService
+) -> None:
+    svc, dispatch, dispatcher = losing_the_store_once(system, sessions)
     with pytest.raises(StoreUnavailable):
         dispatcher.process(dispatch.invocation_id)
     assert svc.get(dispatch.job_id).state == JobState.READY, "no Fail for a dropped connection"
@@ -224,13 +232,7 @@ def test_a_run_whose_authorization_lost_the_store_is_retried_never_failed(
 def test_the_loop_counts_a_run_cut_short_by_the_store_and_runs_it_again(
     system: System, sessions: SessionService
 ) -> None:
-    svc = system.service
-    svc.policies.add_policy(default_policies(sessions.url))
-    [dispatch] = submitted(svc, 1, sessions.url)
-    runner = SandboxRunner(
-        system.runtime, system.module, StoreFailsOnce(svc.policies), system.client
-    )
-    dispatcher = Dispatcher(svc, runner, worker_id="w")
+    svc, dispatch, dispatcher = losing_the_store_once(system, sessions)
     run_until(dispatcher, lambda: dispatcher.stats.runs == 1)
     assert dispatcher.stats.store_retries == 1
     assert dispatcher.stats.errors == 0
