@@ -41,10 +41,7 @@ def json_value(text: str) -> Any:
 
 def positive_int(text: str) -> int:
     """A whole number of at least 1 (counts, sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = _whole_number(text, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
     return value
@@ -52,13 +49,17 @@ def positive_int(text: str) -> int:
 
 def port_number(text: str) -> int:
     """A TCP port to listen on: 0 to 65535 (0: any free one)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    port = _whole_number(text, "a port number")
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {port}")
     return port
+
+
+def _whole_number(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
 
 def positive_float(text: str) -> float:
