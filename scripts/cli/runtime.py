@@ -95,16 +95,23 @@ def run_worker(args: Args) -> int:
 
 def start_system(config: Settings, stop: threading.Event) -> System:
     """``build_system``, tried again every START_RETRY_SECONDS for START_PATIENCE_SECONDS
-    while the store is unavailable (each failure logged); opening a store is idempotent, so an
-    attempt cut short is safe to repeat. A stop asked for meanwhile ends the trying."""
+    while the store is unavailable (the first failure logged as a warning); opening a store is
+    idempotent, so an attempt cut short is safe to repeat. A stop asked for meanwhile ends the
+    trying."""
     give_up = time.monotonic() + START_PATIENCE_SECONDS
+    tries = 0
     while True:
         try:
             return build_system(config)
         except StoreUnavailable as exc:
             if time.monotonic() >= give_up or stop.is_set():
                 raise
-            log.warning("store unavailable while starting, retrying: %s", exc)
+            tries += 1
+            # Said once, with how long it will go on; the same line every half second tells
+            # an operator nothing more.
+            level = logging.WARNING if tries == 1 else logging.DEBUG
+            log.log(level, "store unavailable while starting, retrying for up to %.0f s: %s",
+                    START_PATIENCE_SECONDS, exc)  # fmt: skip
             stop.wait(START_RETRY_SECONDS)
 
 
