@@ -9,10 +9,9 @@ completion; these recorders read them all in one query each:
 * ``select_latest_of(originator_ids)`` — the latest stored event of each (for the snapshot
   store: each aggregate's latest snapshot).
 
-``CurationService.construct_factory`` builds its store with the factories below (the library's
-own, naming these recorders), so the events and the snapshots are read through them. A store
-without them (``memory://``) is read one aggregate at a time by ``events_of`` and
-``latest_of``, which are what callers use.
+The store's factories (``domain/store_recorders.py``) name these recorders, so the events and
+the snapshots are read through them. A store without them (``memory://``) is read one aggregate
+at a time by ``events_of`` and ``latest_of``, which are what callers use.
 """
 
 from __future__ import annotations
@@ -27,12 +26,8 @@ from eventsourcing.persistence import (
     OperationalError,
     StoredEvent,
 )
-from eventsourcing.postgres import (
-    PostgresAggregateRecorder,
-    PostgresApplicationRecorder,
-    PostgresFactory,
-)
-from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteApplicationRecorder, SQLiteFactory
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composed, Identifier
 
@@ -137,11 +132,6 @@ class SQLiteBatchApplicationRecorder(SQLiteBatchReads, SQLiteApplicationRecorder
     """The event store's recorder."""
 
 
-class SQLiteBatchFactory(SQLiteFactory):
-    aggregate_recorder_class = SQLiteBatchAggregateRecorder
-    application_recorder_class = SQLiteBatchApplicationRecorder
-
-
 # -- PostgreSQL --------------------------------------------------------------------------------
 
 
@@ -195,14 +185,3 @@ class PostgresBatchAggregateRecorder(PostgresBatchReads):
 
 class PostgresBatchApplicationRecorder(PostgresBatchReads, PostgresApplicationRecorder):
     """The event store's recorder."""
-
-
-class PostgresBatchFactory(PostgresFactory):
-    aggregate_recorder_class = PostgresBatchAggregateRecorder
-    application_recorder_class = PostgresBatchApplicationRecorder
-
-
-BATCH_FACTORIES: dict[str, type[SQLiteFactory] | type[PostgresFactory]] = {
-    "eventsourcing.sqlite": SQLiteBatchFactory,
-    "eventsourcing.postgres": PostgresBatchFactory,
-}

@@ -13,19 +13,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import Application, ProjectorFunction, project_aggregate
-from eventsourcing.persistence import InfrastructureFactory, StoredEvent
+from eventsourcing.application import (
+    Application,
+    ProcessingEvent,
+    ProjectorFunction,
+    project_aggregate,
+)
+from eventsourcing.persistence import InfrastructureFactory, Recording, StoredEvent
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.utils import Environment
 
-from domain.batch_reads import BATCH_FACTORIES, events_of
+from domain.batch_reads import events_of
 from domain.errors import (
     ActionNotAllowedHere,
     InvalidDispatch,
+    InvocationFinished,
     InvocationNotFound,
     JobNotFound,
+    LeaseHeld,
 )
-from domain.followers import JobDeadlines, PendingInvocations
 from domain.guard import Apply, decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
@@ -42,6 +48,7 @@ from domain.store_errors import (
     retrying,
     store_call,
 )
+from domain.store_recorders import STORE_FACTORIES
 from domain.store_url import StoreConfig, default_url, parse_store_url, postgres_options
 from domain.transitions import (
     COMPLETION_ACTIONS,
@@ -53,6 +60,7 @@ from domain.transitions import (
 )
 from domain.values import check_json
 from domain.views import HistoryEntry, InvocationView, JobView
+from domain.work import WorkTable, changes_of, fill_from_log, overdue_before
 
 T = TypeVar("T")
 
@@ -114,6 +122,8 @@ class CurationService(Application[UUID]):
         super().__init__(env)
         self.url = url
         self.policies = PolicyBook(self)  # Cedar policies and authorization decisions
+        with self._store_call():
+            fill_from_log(self.work, self.recorder, self.mapper)
 
     @classmethod
     def open(cls, url: str | None = None) -> CurationService:
@@ -125,13 +135,13 @@ class CurationService(Application[UUID]):
             return cls(config.env, url=config.url)
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory:
-        """The library's factory, with batch reads; a PostgreSQL one with sessions that time
+        """The library's factory, with recorders that read many aggregates in one query and
+        keep the work table (domain.store_recorders); a PostgreSQL one with sessions that time
         out waiting."""
-        # The library's own factory for the store, with recorders that also read many
-        # aggregates in one query (domain.batch_reads; complete_batch's reads).
-        batch_factory = BATCH_FACTORIES.get(env.get(InfrastructureFactory.PERSISTENCE_MODULE, ""))
+        module = env.get(InfrastructureFactory.PERSISTENCE_MODULE) or "eventsourcing.popo"
+        store_factory = STORE_FACTORIES.get(module)
         factory: InfrastructureFactory[Any] = (
-            batch_factory(env) if batch_factory else super().construct_factory(env)
+            store_factory(env) if store_factory else super().construct_factory(env)
         )
         if isinstance(factory, PostgresFactory):  # before the recorders' first connection
             bound_waits(factory.datastore, postgres_options(env))
@@ -145,6 +155,31 @@ class CurationService(Application[UUID]):
         with self._store_call():
             self.save(job)
         return job.id
+
+    def start_jobs(
+        self, specs: Sequence[Mapping[str, Any]], settings: Mapping[str, Any] | None = None
+    ) -> list[Dispatch]:
+        """``create_job``, ``configure`` (when ``settings`` is given) and ``submit`` for each
+        spec, saved in one transaction (group commit on the operator's side): the same events
+        as the commands one by one. Bad input anywhere refuses them all and writes nothing."""
+        created = [TRANSITIONS["Create"].validate({"spec": spec}) for spec in specs]
+        configured = None if settings is None else {"settings": settings}
+        steps = [("Configure", TRANSITIONS["Configure"].validate(configured))] if configured else []
+        steps.append(("Submit", TRANSITIONS["Submit"].validate(None)))
+        saved: list[CurationJob | Invocation] = []
+        dispatches: list[Dispatch] = []
+        for values in created:
+            job = CurationJob(**values)
+            for action, params in steps:
+                job.perform(action, params)
+            invocation = self._start_invocation(job)
+            saved += [job, invocation]
+            dispatches.append(
+                Dispatch(job.id, invocation.id, invocation.expected_version, job.attempt)
+            )
+        with self._store_call():
+            self.save(*saved)
+        return dispatches
 
     def configure(self, job_id: UUID | str, settings: Mapping[str, Any]) -> None:
         self.execute(job_id, "Configure", {"settings": settings})
@@ -356,15 +391,88 @@ class CurationService(Application[UUID]):
 
         return self._retrying(f"orphan {session_id} at {service_url}", on_its_own)
 
-    def pending_invocations(self) -> PendingInvocations:
-        """A follower of the store's invocations that are started and not yet finished."""
-        return PendingInvocations(self)
+    def claim_batch(
+        self,
+        invocation_ids: Sequence[UUID],
+        worker: str,
+        lease: timedelta,
+        now: datetime | None = None,
+        *,
+        module_sha256: str,
+    ) -> list[Dispatch | None]:
+        """``claim`` for many invocations, read in one query and claimed in one save (group
+        commit): for each, its Dispatch, or None if another worker holds it, it is finished or
+        it is no invocation. A version conflict (another worker claimed one meanwhile) decides
+        the batch again on fresh state, where that one is now held elsewhere."""
+        ids = [as_uuid(i, "invocation") for i in invocation_ids]
+        check_json("claim", "params", {"worker": worker, "module_sha256": module_sha256})
+        moment = now or datetime.now(UTC)
 
-    def job_deadlines(
-        self, timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS
-    ) -> JobDeadlines:
-        """A follower of every job's state and when its state timeout runs out."""
-        return JobDeadlines(self, timeouts)
+        def once() -> list[Dispatch | None]:
+            stored = events_of(self.recorder, dict.fromkeys(ids, 0))
+            claimed: list[Invocation] = []
+            dispatches: list[Dispatch | None] = []
+            for invocation_id in ids:
+                events = (self.mapper.to_domain_event(e) for e in stored.get(invocation_id, []))
+                invocation = fold(None, events)
+                if not isinstance(invocation, Invocation) or not invocation.started:
+                    dispatches.append(None)
+                    continue
+                try:
+                    invocation.claim(worker, moment, lease, module_sha256)
+                except (LeaseHeld, InvocationFinished):
+                    dispatches.append(None)
+                    continue
+                claimed.append(invocation)
+                dispatches.append(
+                    Dispatch(
+                        invocation.job_id,
+                        invocation.id,
+                        invocation.expected_version,
+                        invocation.attempt,
+                    )
+                )
+            if claimed:
+                self.save(*claimed)
+            return dispatches
+
+        return self._retrying(f"claim of {len(ids)} invocation(s)", once)
+
+    def reserve_runs(
+        self, worker_now: datetime, hold: timedelta, limit: int
+    ) -> list[tuple[UUID, UUID]]:
+        """Up to ``limit`` (invocation, job) pairs of runs waiting for a worker at
+        ``worker_now`` (never started by a worker, or their lease run out), oldest first,
+        reserved for ``hold`` so that other workers asking meanwhile are handed others. An
+        indexed query on the work table (``domain/work.py``): its cost does not grow with
+        the log. The caller still claims each (``claim_batch``)."""
+        with self._store_call():
+            return self.work.reserve_runs(
+                worker_now.timestamp(), (worker_now + hold).timestamp(), limit
+            )
+
+    def overdue_jobs(
+        self,
+        now: datetime,
+        timeouts: Mapping[JobState, timedelta] = STATE_TIMEOUTS,
+        skip: Sequence[JobState] = (),
+        limit: int = 1000,
+    ) -> list[UUID]:
+        """Up to ``limit`` jobs that sat in a timed state (less ``skip``) past its timeout, as
+        the work table says; ``expire`` decides again on each loaded job."""
+        with self._store_call():
+            return self.work.overdue_jobs(overdue_before(now, timeouts, skip), limit)
+
+    def open_runs(self) -> list[UUID]:
+        """Every invocation started and not finished (the work table's runs)."""
+        with self._store_call():
+            return self.work.open_runs()
+
+    @property
+    def work(self) -> WorkTable:
+        recorder = self.recorder
+        assert isinstance(recorder, WorkTable), "the store's recorder keeps no work table"
+        return recorder
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -372,6 +480,13 @@ class CurationService(Application[UUID]):
         job_uuid = as_uuid(job_id)
         with self._store_call():
             return JobView.of(self._job(job_uuid))
+
+    def jobs(self, job_ids: Sequence[UUID]) -> dict[UUID, JobView]:
+        """``get`` for many jobs, read in two queries (their snapshots, then their events);
+        JobNotFound for the first that does not exist."""
+        with self._store_call():
+            stored = self._batch(job_ids, [])
+            return {j: JobView.of(self._checked_job(j, stored.job(self, j))) for j in job_ids}
 
     def invocation(self, invocation_id: UUID | str) -> InvocationView:
         invocation_uuid = as_uuid(invocation_id, "invocation")
@@ -432,6 +547,12 @@ class CurationService(Application[UUID]):
         if not isinstance(job, CurationJob):
             raise JobNotFound(job_id)
         return job
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """The library's, with the work table's changes written in the same transaction as
+        the events (``domain/work.py``)."""
+        processing_event.saved_kwargs["work"] = changes_of(processing_event.events)
+        return super()._record(processing_event)
 
     def take_snapshot(
         self,

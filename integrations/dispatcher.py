@@ -1,10 +1,16 @@
 """The dispatcher: finds started-but-unfinished invocations in the store, leases each, runs its
 integration, and hands the outcome back through the guard (DESIGN.md §3).
 
-Work is found in the store, not in a queue, so several worker processes can share one database;
-the lease (an OCC write on the invocation) keeps two of them off the same run, and a crashed
-worker's lease simply expires. Execution is at-least-once: a second completion of the same run is
-a recorded ``duplicate``, never a second effect.
+Work is found in the store, not in a queue, so several worker processes can share one database:
+each asks the store's work table (``domain/work.py``, an indexed query whose cost does not grow
+with the log) for runs nobody holds, reserving them so that workers asking at once are handed
+different ones. The lease (an OCC write on the invocation) keeps two of them off the same run,
+and a crashed worker's lease simply expires. Execution is at-least-once: a second completion of
+the same run is a recorded ``duplicate``, never a second effect.
+
+The threaded loop commits in groups: the runs it finds are claimed in one transaction
+(``claim_batch``) and their jobs read in one query, and runs that finish together are completed
+in one transaction (``integrations/group_commit.py``).
 
 One invocation is processed in four steps, each a method: ``claim`` (lease it, read its job),
 ``execute`` (run the integration), ``complete`` (the declaration maps the outcome to an action,
@@ -39,12 +45,14 @@ from domain import (
     InvalidParams,
     InvocationFinished,
     JobState,
+    JobView,
     LeaseHeld,
     StoreUnavailable,
     Verdict,
 )
 from domain.orphan import holds_session
 from domain.transitions import STATE_TIMEOUTS
+from integrations.group_commit import GroupCommit
 from integrations.observer import DispatchObserver, RunObserver, Unobserved
 from integrations.reconcile import ReconcileReport
 from integrations.session_client import SESSION_SERVICE_KEY
@@ -153,6 +161,7 @@ class Run:
     dispatch: Dispatch
     job_input: dict[str, Any]
     service_url: str | None
+    lease_until: datetime
 
 
 @dataclass(frozen=True)
@@ -213,13 +222,19 @@ class Dispatcher:
         self.timeouts = timeouts
         self.observer: DispatchObserver = observer or Unobserved()
         self.stats = DispatchStats()
-        self._feed = service.pending_invocations()
-        self._deadlines = service.job_deadlines(timeouts)
+        self.concurrency = concurrency
+        self._executing = 0  # runs of the threaded loop between their claim and completion
+        # The threaded loop's completions go through one group commit; a given completer
+        # (tests) or the step-wise calls of the simulation (nothing executing) are unchanged.
+        self.group = GroupCommit(service, expected=lambda: self._executing)
+        self._loop_completer: Completer = completer or self.group
         self._swept_at = datetime.min.replace(tzinfo=UTC)
         self._reconciled_at: datetime | None = None  # None: the first look starts the clock
-        # invocation -> (its job once claimed, since when); and invocations leased elsewhere.
+        # invocation -> (its job once claimed, since when)
         self._inflight: dict[UUID, tuple[UUID | None, datetime]] = {}
-        self._not_before: dict[UUID, datetime] = {}
+        # Runs cut short by the store, still under this worker's lease: the work table will
+        # not offer them again until it runs out, so this worker claims them again itself.
+        self._again: dict[UUID, None] = {}
         self.pending: list[UUID] = []  # as of the last look at the store
 
     # -- the loop ---------------------------------------------------------------------------
@@ -245,36 +260,47 @@ class Dispatcher:
                 await anyio.sleep(self.poll_interval)
 
     async def run_once(self) -> None:
-        """Processes what is pending now and returns when it is all done (tests, `--once`)."""
+        """Processes every run the store offers now (taking more as runs finish) and returns
+        when they are all done (tests, `--once`)."""
         async with anyio.create_task_group() as tg:
-            await self._start_pending(tg)
+            while not await self._start_pending(tg):
+                await anyio.sleep(self.poll_interval)  # full: wait for a run to finish
 
     def refresh(self) -> list[UUID]:
         """The invocations started and not yet finished, as the store says now."""
-        self.pending = self._feed.refresh()
+        self.pending = self.service.open_runs()
         return self.pending
 
-    async def _start_pending(self, tg: anyio.abc.TaskGroup) -> None:
-        now = datetime.now(UTC)
-        for invocation_id in await anyio.to_thread.run_sync(self.refresh):
-            if invocation_id in self._inflight or self._not_before.get(invocation_id, now) > now:
-                continue
-            self._inflight[invocation_id] = (None, now)
-            tg.start_soon(self._process, invocation_id)
+    async def _start_pending(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Starts the runs it can claim; True when it had room for more than the store
+        offered (nothing is waiting for this worker now)."""
+        free = self.concurrency - len(self._inflight)
+        if free <= 0:
+            return False
+        runs = await anyio.to_thread.run_sync(self.claim_next, free, datetime.now(UTC))
+        for run in runs:
+            self._executing += 1
+            tg.start_soon(self._process, run)
+        # What this look found, and what it must look at again: the loop's "nothing pending".
+        self.pending = [run.dispatch.invocation_id for run in runs] + list(self._again)
+        return len(runs) < free
 
-    async def _process(self, invocation_id: UUID) -> None:
+    async def _process(self, run: Run) -> None:
+        invocation_id = run.dispatch.invocation_id
         try:
-            await anyio.to_thread.run_sync(self.process, invocation_id, limiter=self.limiter)
+            await anyio.to_thread.run_sync(self.process_run, run, limiter=self.limiter)
         except StoreUnavailable as exc:
             # Nothing was decided: this worker (whose lease it still is) or another runs it
             # again; the fencing token gives a rerun the session the first run created.
             log.warning("invocation %s left for a retry: %s", invocation_id, exc)
             self.stats.store_retries += 1
+            self._again[invocation_id] = None
         except Exception:
             # The worker stays up; the lease expires and this or another worker runs it again.
             log.exception("invocation %s left for a retry after its lease", invocation_id)
             self.stats.errors += 1
         finally:
+            self._executing -= 1
             self._inflight.pop(invocation_id, None)
 
     async def _reconcile(self, now: datetime) -> None:
@@ -294,12 +320,47 @@ class Dispatcher:
                 run = self.claim(invocation_id, now, observed)
             if run is None:
                 return None
-            with observed.step("sandbox"):
-                outcome = self.execute(run, observed)
-            with observed.step("completion"):
-                completion = self.complete(run, outcome, observed)
-                self.compensate(run, completion, observed)
-            return completion.verdict
+            return self._run_claimed(run, observed, self.completer)
+
+    def process_run(self, run: Run) -> Verdict:
+        """Runs and completes a run ``claim_next`` claimed (its completion group-committed)."""
+        with self.observer.run(run.dispatch.invocation_id) as observed:
+            # The claim was its group's, made before this run's trace began: its step here
+            # says who holds the lease until when, not how long the group's claim took.
+            with observed.step("claim"):
+                observed.claimed(run.dispatch, run.lease_until)
+            return self._run_claimed(run, observed, self._loop_completer)
+
+    def _run_claimed(self, run: Run, observed: RunObserver, completer: Completer) -> Verdict:
+        with observed.step("sandbox"):
+            outcome = self.execute(run, observed)
+        with observed.step("completion"):
+            completion = self.complete(run, outcome, observed, completer)
+            self.compensate(run, completion, observed)
+        return completion.verdict
+
+    def claim_next(self, limit: int, now: datetime | None = None) -> list[Run]:
+        """Claims up to ``limit`` runs nobody holds, in one transaction, and reads their jobs
+        in one query: the runs the work table offers this worker (reserved for the length
+        of a lease, so other workers asking meanwhile are offered others), less any this
+        worker is still running."""
+        moment = now or datetime.now(UTC)
+        again = list(self._again)[:limit]
+        offered = self.service.reserve_runs(moment, self.lease, limit - len(again))
+        wanted = again + [i for i, _ in offered if i not in self._inflight and i not in again]
+        if not wanted:
+            return []
+        dispatches = self.service.claim_batch(
+            wanted, self.worker_id, self.lease, moment, module_sha256=self.runner.module_sha256
+        )
+        for invocation_id in again:
+            self._again.pop(invocation_id)
+        claimed = [d for d in dispatches if d is not None]
+        self.stats.leased_elsewhere += len(dispatches) - len(claimed)
+        jobs = self.service.jobs(list(dict.fromkeys(d.job_id for d in claimed)))
+        for dispatch in claimed:
+            self._inflight[dispatch.invocation_id] = (dispatch.job_id, moment)
+        return [self._run(dispatch, jobs[dispatch.job_id], moment) for dispatch in claimed]
 
     def claim(
         self, invocation_id: UUID, now: datetime | None = None, observed: RunObserver = UNOBSERVED
@@ -315,18 +376,18 @@ class Dispatcher:
                 moment,
                 module_sha256=self.runner.module_sha256,
             )
-        except LeaseHeld as held:
-            self._not_before[invocation_id] = held.until  # another worker's; look again later
+        except LeaseHeld:
             self.stats.leased_elsewhere += 1
             return None
         except InvocationFinished:
-            return None  # finished between the feed's read and the claim
+            return None  # finished between the work table's read and the claim
         observed.claimed(dispatch, moment + self.lease)
-        self._not_before.pop(invocation_id, None)
         self._inflight[invocation_id] = (dispatch.job_id, moment)
-        job = self.service.get(dispatch.job_id)
+        return self._run(dispatch, self.service.get(dispatch.job_id), moment)
+
+    def _run(self, dispatch: Dispatch, job: JobView, claimed_at: datetime) -> Run:
         job_input = {
-            "invocation_id": str(invocation_id),
+            "invocation_id": str(dispatch.invocation_id),
             "job": {
                 "id": str(job.id),
                 "attempt": dispatch.attempt,
@@ -335,7 +396,8 @@ class Dispatcher:
             },
         }
         service_url = job.spec.get(SESSION_SERVICE_KEY)
-        return Run(dispatch, job_input, service_url if isinstance(service_url, str) else None)
+        url = service_url if isinstance(service_url, str) else None
+        return Run(dispatch, job_input, url, claimed_at + self.lease)
 
     def execute(self, run: Run, observed: RunObserver = UNOBSERVED) -> RunOutcome:
         """Runs the integration for a claimed run."""
@@ -345,18 +407,23 @@ class Dispatcher:
         return outcome
 
     def complete(
-        self, run: Run, outcome: RunOutcome, observed: RunObserver = UNOBSERVED
+        self,
+        run: Run,
+        outcome: RunOutcome,
+        observed: RunObserver = UNOBSERVED,
+        completer: Completer | None = None,
     ) -> Completion:
         """Hands the outcome to the guard as the action the declaration maps it to."""
         dispatch = run.dispatch
+        completer = completer or self.completer
         action, params = self.declaration.completion(outcome)
         try:
-            verdict = self.completer.complete(dispatch, action, params)
+            verdict = completer.complete(dispatch, action, params)
         except InvalidParams as exc:
             # The module said ok with params its action does not take: that is a module error.
             bad = RunOutcome(error_kind="bad_output", message=str(exc))
             action, params = self.declaration.on_failure, failure_params(bad)
-            verdict = self.completer.complete(dispatch, action, params)
+            verdict = completer.complete(dispatch, action, params)
         observed.completed(action, verdict)
         self._inflight.pop(dispatch.invocation_id, None)
         self.stats.count(verdict)
@@ -412,7 +479,7 @@ class Dispatcher:
         if now - self._swept_at < self.sweep_interval:
             return 0
         self._swept_at = now
-        due = self._deadlines.due(now, (JobState.READY,))
+        due = self.service.overdue_jobs(now, self.timeouts, (JobState.READY,))
         return sum(self.service.expire(job_id, now, self.timeouts) for job_id in due)
 
     def reconcile_due(self, now: datetime) -> ReconcileReport | None:

@@ -488,9 +488,7 @@ class SessionService:
             first = self._state.by_idempotency_key.get(idempotency_key or "")
             if first is not None:
                 return 200, {"session_id": first.session_id, "created": first.created}
-            session = Session(
-                f"s-{uuid.uuid4().hex[:16]}", message, time.time(), idempotency_key
-            )
+            session = Session(f"s-{uuid.uuid4().hex[:16]}", message, time.time(), idempotency_key)
             self._state.sessions[session.session_id] = session
             if idempotency_key is not None:
                 self._state.by_idempotency_key[idempotency_key] = session

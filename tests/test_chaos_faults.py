@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,8 +25,8 @@ from psycopg import sql
 from bootstrap import Settings, System, build_system
 from domain import CurationService, Dispatch, JobState, StoreUnavailable, StoreURLError
 from domain.cedar import default_policies
-from domain.followers import PendingInvocations
-from domain.log import LogReader, Notice
+from domain.followers import LogFollower
+from domain.log import STARTED, LogReader, Notice
 from domain.store_url import parse_store_url, redact
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from integrations.dispatcher import Dispatcher, RunOutcome
@@ -96,7 +96,20 @@ def test_an_application_name_is_for_postgresql_only() -> None:
         parse_store_url("sqlite:///x.db?application_name=a")
 
 
-# -- the worker's view of the log ----------------------------------------------------------------
+# -- following the log ----------------------------------------------------------------------------
+
+
+class StartedRuns(LogFollower):
+    """The invocations started, in log order."""
+
+    topics = (STARTED,)
+
+    def __init__(self, app: CurationService, batch_size: int) -> None:
+        super().__init__(app, batch_size)
+        self.started: list[Any] = []
+
+    def fold(self, notice: Notice) -> None:
+        self.started.append(notice.originator_id)
 
 
 class DropsOnce:
@@ -115,21 +128,21 @@ class DropsOnce:
         return self.read_batch(after, upto, topics, limit)
 
 
-def test_a_connection_dropped_mid_read_is_store_unavailable_and_the_feed_resumes(
+def test_a_connection_dropped_mid_read_is_store_unavailable_and_a_follower_resumes(
     shared_store_url: str,
 ) -> None:
     svc = CurationService.open(shared_store_url)
     try:
         dispatches = submitted(svc, 3)
-        feed = PendingInvocations(svc, batch_size=2)
+        feed = StartedRuns(svc, batch_size=2)
         flaky = DropsOnce(feed._log, fail_at=2)  # the second batch
         feed._log.read = flaky.read  # type: ignore[method-assign]
         with pytest.raises(StoreUnavailable, match=DROPPED):
-            feed.refresh()
-        pending = feed.refresh()
+            feed.read_new()
+        feed.read_new()
     finally:
         svc.close()
-    assert pending == [d.invocation_id for d in dispatches]
+    assert feed.started == [d.invocation_id for d in dispatches]
 
 
 # -- the worker loop -----------------------------------------------------------------------------
@@ -166,8 +179,8 @@ def test_the_worker_loop_looks_again_when_the_store_drops_instead_of_dying() -> 
             store_retry_interval=0.001,
             sweep_interval=0.0,
         )
-        dispatcher._feed.refresh = failing(2, dispatcher._feed.refresh)  # type: ignore[method-assign]
-        dispatcher._deadlines.due = failing(1, dispatcher._deadlines.due)  # type: ignore[method-assign]
+        svc.reserve_runs = failing(2, svc.reserve_runs)  # type: ignore[method-assign]
+        svc.overdue_jobs = failing(1, svc.overdue_jobs)  # type: ignore[method-assign]
         run_until(dispatcher, lambda: dispatcher.stats.runs == len(dispatches))
         states = [svc.get(d.job_id).state for d in dispatches]
     finally:
@@ -365,10 +378,9 @@ def test_commands_between_terminations_succeed_or_say_store_unavailable(
     outcomes: dict[str, int] = {}
     try:
         dispatches = submitted(svc, 1)
-        feed = svc.pending_invocations()
         lease = timedelta(seconds=60)
         steps: list[tuple[str, Callable[[Dispatch], object]]] = [
-            ("feed", lambda d: feed.refresh()),
+            ("feed", lambda d: svc.reserve_runs(datetime.now(UTC), lease, 10)),
             ("claim", lambda d: svc.claim(d.invocation_id, "w", lease, module_sha256="f" * 64)),
             ("get", lambda d: svc.get(d.job_id)),
             ("complete", lambda d: svc.complete(d, "SessionSpawned", {"session_id": "s-1"})),
@@ -384,7 +396,7 @@ def test_commands_between_terminations_succeed_or_say_store_unavailable(
                         outcomes[step] = outcomes.get(step, 0) + 1
                         continue
                     break
-        left = feed.refresh()
+        left = svc.open_runs()
         states = {svc.get(d.job_id).state for d in dispatches}
         verdicts = [
             [v["verdict"] for v in svc.invocation(d.invocation_id).verdicts] for d in dispatches

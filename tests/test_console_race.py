@@ -105,9 +105,7 @@ def test_a_person_sees_the_discarded_run_its_reason_the_compensation_and_version
             # Its discarded completion: the reason and the job as the guard saw it.
             cell = page.locator(f'.ev.discarded[id^="run-{label}-"]').first
             expect(cell).to_contain_text(f"Discarded: {row.reason}")
-            expect(cell).to_contain_text(
-                f"job was {row.job_state_seen} at v{row.job_version_seen}"
-            )
+            expect(cell).to_contain_text(f"job was {row.job_state_seen} at v{row.job_version_seen}")
             # The compensation that stopped the session it left, linked to it.
             compensation = page.locator(f'.ev.compensated[id^="run-{label}-"]')
             expect(compensation).to_contain_text("stopped session s-")

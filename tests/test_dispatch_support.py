@@ -28,18 +28,12 @@ LEASE = timedelta(seconds=30)
 SHA = "5" * 64  # the module a worker says it is about to run
 
 
-def test_pending_feed_follows_starts_and_finishes(svc: CurationService) -> None:
-    feed = svc.pending_invocations()
-    assert feed.refresh() == []
+def test_the_work_table_follows_starts_and_finishes(svc: CurationService) -> None:
+    assert svc.open_runs() == []
     dispatches = [svc.submit(svc.create_job({"n": n})) for n in range(3)]
-    assert feed.refresh() == [d.invocation_id for d in dispatches]
+    assert svc.open_runs() == [d.invocation_id for d in dispatches]
     svc.complete(dispatches[1], "SessionSpawned", {"session_id": "s"})
-    expected = [dispatches[0].invocation_id, dispatches[2].invocation_id]
-    assert feed.refresh() == expected
-    assert svc.pending_invocations().refresh() == expected  # a fresh follower agrees
-    position = feed.position
-    assert feed.refresh() == expected
-    assert feed.position == position
+    assert svc.open_runs() == [dispatches[0].invocation_id, dispatches[2].invocation_id]
 
 
 def test_a_lease_excludes_other_workers_until_it_expires(svc: CurationService) -> None:
@@ -142,18 +136,17 @@ def test_compensation_is_recorded_on_the_invocation(svc: CurationService) -> Non
     assert svc.get(job_id).session_id == "s-new"
 
 
-def test_job_deadlines_follow_each_jobs_state(svc: CurationService) -> None:
+def test_overdue_jobs_follow_each_jobs_state(svc: CurationService) -> None:
     short = {state: timedelta(milliseconds=1) for state in STATE_TIMEOUTS}
-    deadlines = svc.job_deadlines(short)
     queued = svc.create_job({"target": "q"})
     ready = svc.create_job({"target": "r"})
     svc.submit(ready)
     later = datetime.now(UTC) + timedelta(seconds=1)
-    assert set(deadlines.due(later)) == {queued, ready}
-    assert deadlines.due(later, skip=(JobState.READY,)) == [queued]
-    assert deadlines.due(datetime.now(UTC) - timedelta(seconds=1)) == []
+    assert set(svc.overdue_jobs(later, short)) == {queued, ready}
+    assert svc.overdue_jobs(later, short, skip=(JobState.READY,)) == [queued]
+    assert svc.overdue_jobs(datetime.now(UTC) - timedelta(seconds=1), short) == []
     svc.fail(queued)  # Failed has no timeout: forgotten
-    assert deadlines.due(later) == [ready]
+    assert svc.overdue_jobs(later, short) == [ready]
 
 
 def test_the_dispatcher_sweeps_jobs_past_their_state_timeout(svc: CurationService) -> None:

@@ -74,10 +74,7 @@ def test_sigterm_stops_a_running_worker_after_its_work(
         svc = CurationService.open(url)
         deadline = time.monotonic() + 60
         try:
-            while any(
-                svc.get(d.job_id).state != JobState.RUNNING
-                for d in dispatches
-            ):
+            while any(svc.get(d.job_id).state != JobState.RUNNING for d in dispatches):
                 assert time.monotonic() < deadline, "the worker did not pick the jobs up"
                 time.sleep(0.05)
         finally:

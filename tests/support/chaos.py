@@ -36,7 +36,6 @@ import psycopg
 
 from domain import CurationService, Dispatch, JobState, StoreUnavailable
 from domain.cedar import default_policies
-from domain.followers import PendingInvocations
 from integrations.session_service import SessionService
 from tests.support.fakes import open_projections
 from tests.support.oracle import log
@@ -310,7 +309,6 @@ def run_chaos(
         url, config.workers, logs, config.lease, config.concurrency, config.reconcile_every
     )
     observer = CurationService.open(url)
-    pending = observer.pending_invocations()
     projections = open_projections(url)
     faults = list(run.faults)
     try:
@@ -324,7 +322,7 @@ def run_chaos(
             crashed = workers.crashed()
             if crashed:
                 raise ChaosStalled(f"a worker died unbidden: {crashed}; {config.replay()}")
-            open_runs = _open_runs(pending)
+            open_runs = _open_runs(observer)
             if not faults and open_runs == 0:
                 break
             now = time.monotonic()
@@ -356,10 +354,10 @@ def run_chaos(
         observer.close()
 
 
-def _open_runs(pending: PendingInvocations) -> int:
+def _open_runs(store: CurationService) -> int:
     """Invocations started and not finished; -1 when the store could not say (look again)."""
     try:
-        return len(pending.refresh())
+        return len(store.open_runs())
     except StoreUnavailable:
         return -1
 

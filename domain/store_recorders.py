@@ -1,0 +1,333 @@
+"""The event store's recorders: the library's, with the batch reads of ``domain/batch_reads.py``
+and the work table of ``domain/work.py`` written in the same transaction as the events.
+
+Each store writes the ``work`` its save carries (``CurationService._record`` computes it) through
+the hook the library gives subclasses for exactly this, the one it writes tracking records with:
+``_insert_events``, inside the transaction that inserts the events. A save that fails (a version
+conflict, a dropped connection) writes neither. On PostgreSQL the hook runs before the library
+locks the events table, so the rows are written in one order (by table, then id) to keep two
+saves from waiting on each other's rows.
+
+``CurationService.construct_factory`` picks the factory for the store's persistence module from
+``STORE_FACTORIES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from threading import RLock
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
+from eventsourcing.postgres import PostgresFactory
+from eventsourcing.sqlite import SQLiteCursor, SQLiteFactory
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL
+
+from domain.batch_reads import (
+    PostgresBatchAggregateRecorder,
+    PostgresBatchApplicationRecorder,
+    SQLiteBatchAggregateRecorder,
+    SQLiteBatchApplicationRecorder,
+)
+from domain.work import WorkChanges
+
+RUNS = "sequent_runs"
+TIMERS = "sequent_timers"
+BUILT = "sequent_work_built"
+Rows = list[tuple[Any, ...]]
+
+
+def _ddl(runs: str, timers: str, built: str, key: str, real: str) -> list[str]:
+    return [
+        f"CREATE TABLE IF NOT EXISTS {runs} (invocation_id {key} PRIMARY KEY, "
+        f"job_id {key} NOT NULL, opened_at {real} NOT NULL, available_at {real} NOT NULL, "
+        f"reserved_until {real} NOT NULL DEFAULT 0)",
+        f"CREATE INDEX IF NOT EXISTS sequent_runs_available ON {runs} (available_at)",
+        f"CREATE TABLE IF NOT EXISTS {timers} (job_id {key} PRIMARY KEY, "
+        f"state TEXT NOT NULL, since {real} NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS sequent_timers_due ON {timers} (state, since)",
+        f"CREATE TABLE IF NOT EXISTS {built} (built INTEGER PRIMARY KEY)",
+    ]
+
+
+class WorkSQL:
+    """The work table's statements for one store: table names and placeholder style differ,
+    the SQL does not."""
+
+    def __init__(self, runs: str, timers: str, built: str, mark: str) -> None:
+        m = mark
+        self.upsert_run = (
+            f"INSERT INTO {runs} (invocation_id, job_id, opened_at, available_at) "
+            f"VALUES ({m},{m},{m},{m}) ON CONFLICT (invocation_id) DO UPDATE SET "
+            "job_id = excluded.job_id, available_at = excluded.available_at"
+        )
+        self.lease_run = f"UPDATE {runs} SET available_at = {m} WHERE invocation_id = {m}"
+        self.delete_run = f"DELETE FROM {runs} WHERE invocation_id = {m}"
+        self.upsert_timer = (
+            f"INSERT INTO {timers} (job_id, state, since) VALUES ({m},{m},{m}) "
+            "ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, since = excluded.since"
+        )
+        self.delete_timer = f"DELETE FROM {timers} WHERE job_id = {m}"
+        self.overdue = (
+            f"SELECT job_id FROM {timers} WHERE state = {m} AND since <= {m} "
+            f"ORDER BY since LIMIT {m}"
+        )
+        self.open_runs = f"SELECT invocation_id FROM {runs} ORDER BY opened_at, invocation_id"
+        self.built = f"SELECT built FROM {built}"
+        self.mark_built = f"INSERT INTO {built} (built) VALUES (1) ON CONFLICT DO NOTHING"
+
+    def writes(self, changes: WorkChanges, key: Callable[[UUID], Any]) -> list[tuple[str, Rows]]:
+        """(statement, rows) for ``changes``, in one order for every save: runs then timers,
+        each by id."""
+        by_id: Callable[[tuple[UUID, Any]], UUID] = lambda item: item[0]  # noqa: E731
+        opened = sorted(changes.opened.items(), key=by_id)
+        leased = sorted(changes.leased.items(), key=by_id)
+        timed = sorted(changes.timed.items(), key=by_id)
+        return [
+            (stmt, rows)
+            for stmt, rows in (
+                (self.upsert_run, [(key(r), key(j), o, at) for r, (j, o, at) in opened]),
+                (self.lease_run, [(at, key(r)) for r, at in leased]),
+                (self.delete_run, [(key(r),) for r in sorted(changes.closed)]),
+                (self.upsert_timer, [(key(j), s, at) for j, (s, at) in timed]),
+                (self.delete_timer, [(key(j),) for j in sorted(changes.untimed)]),
+            )
+            if rows
+        ]
+
+
+def _work(kwargs: Mapping[str, Any]) -> WorkChanges | None:
+    work = kwargs.get("work")
+    return work if isinstance(work, WorkChanges) and work else None
+
+
+class _HeadMoved(Exception):
+    """The log grew while the work table was being built from it: build again."""
+
+
+# -- SQLite ------------------------------------------------------------------------------------
+
+
+class SQLiteStoreRecorder(SQLiteBatchApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.work_sql = WorkSQL(RUNS, TIMERS, BUILT, "?")
+        self.create_table_statements += _ddl(RUNS, TIMERS, BUILT, "TEXT", "REAL")
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        work = _work(kwargs)
+        if work is not None:
+            self._write(c, work)
+        return ids
+
+    def _write(self, c: SQLiteCursor, work: WorkChanges) -> None:
+        for statement, rows in self.work_sql.writes(work, str):
+            c.executemany(statement, rows)
+
+    def reserve_runs(self, now: float, hold_until: float, limit: int) -> list[tuple[UUID, UUID]]:
+        statement = (
+            f"UPDATE {RUNS} SET reserved_until = ? WHERE invocation_id IN "
+            f"(SELECT invocation_id FROM {RUNS} WHERE available_at <= ? AND reserved_until <= ? "
+            "ORDER BY available_at LIMIT ?) RETURNING invocation_id, job_id, available_at"
+        )
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(statement, (hold_until, now, now, limit))
+            rows = c.fetchall()
+        return [(UUID(r[0]), UUID(r[1])) for r in sorted(rows, key=lambda r: r[2])]
+
+    def overdue_jobs(self, before: Mapping[str, float], limit: int) -> list[UUID]:
+        found: list[UUID] = []
+        with self.datastore.transaction(commit=False) as c:
+            for state, moment in before.items():
+                c.execute(self.work_sql.overdue, (state, moment, limit - len(found)))
+                found += [UUID(r[0]) for r in c.fetchall()]
+        return found
+
+    def open_runs(self) -> list[UUID]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.work_sql.open_runs)
+            return [UUID(r[0]) for r in c.fetchall()]
+
+    def work_built(self) -> bool:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.work_sql.built)
+            return c.fetchone() is not None
+
+    def build_work(self, changes: WorkChanges, head: int) -> bool:
+        try:
+            with self.datastore.transaction(commit=True) as c:
+                c.execute(self.work_sql.mark_built)  # a write first: the store's one writer
+                c.execute(f"SELECT MAX(rowid) FROM {self.events_table_name}")
+                if (c.fetchone()[0] or 0) != head:
+                    raise _HeadMoved
+                self._write(c, changes)
+        except _HeadMoved:
+            return False
+        return True
+
+
+class SQLiteStoreFactory(SQLiteFactory):
+    aggregate_recorder_class = SQLiteBatchAggregateRecorder
+    application_recorder_class = SQLiteStoreRecorder
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------
+
+
+class PostgresStoreRecorder(PostgresBatchApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        schema = f'"{self.datastore.schema}"'
+        runs, timers, built = (f'{schema}."{t}"' for t in (RUNS, TIMERS, BUILT))
+        self.runs_table = runs
+        self.work_sql = WorkSQL(runs, timers, built, "%s")
+        ddl = _ddl(runs, timers, built, "uuid", "double precision")
+        self.sql_create_statements += [SQL(statement).format() for statement in ddl]
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        work = _work(kwargs)
+        if work is not None:
+            self._write(curs, work)
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def _write(self, curs: Cursor[DictRow], work: WorkChanges) -> None:
+        for statement, rows in self.work_sql.writes(work, lambda u: u):
+            curs.executemany(statement, rows)
+
+    def reserve_runs(self, now: float, hold_until: float, limit: int) -> list[tuple[UUID, UUID]]:
+        # SKIP LOCKED: workers asking at once are handed different runs, none waits.
+        statement = (
+            f"UPDATE {self.runs_table} r SET reserved_until = %s FROM "
+            f"(SELECT invocation_id FROM {self.runs_table} "
+            "WHERE available_at <= %s AND reserved_until <= %s "
+            "ORDER BY available_at LIMIT %s FOR UPDATE SKIP LOCKED) w "
+            "WHERE r.invocation_id = w.invocation_id "
+            "RETURNING r.invocation_id, r.job_id, r.available_at"
+        )
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(statement, (hold_until, now, now, limit))
+            rows = curs.fetchall()
+        ordered = sorted(rows, key=lambda r: r["available_at"])
+        return [(r["invocation_id"], r["job_id"]) for r in ordered]
+
+    def overdue_jobs(self, before: Mapping[str, float], limit: int) -> list[UUID]:
+        found: list[UUID] = []
+        with self.datastore.transaction(commit=False) as curs:
+            for state, moment in before.items():
+                curs.execute(self.work_sql.overdue, (state, moment, limit - len(found)))
+                found += [r["job_id"] for r in curs.fetchall()]
+        return found
+
+    def open_runs(self) -> list[UUID]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.work_sql.open_runs)
+            return [r["invocation_id"] for r in curs.fetchall()]
+
+    def work_built(self) -> bool:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.work_sql.built)
+            return curs.fetchone() is not None
+
+    def build_work(self, changes: WorkChanges, head: int) -> bool:
+        events = f'"{self.datastore.schema}"."{self.events_table_name}"'
+        try:
+            with self.datastore.transaction(commit=True) as curs:
+                # The lock every insert of events takes: none lands until this commits.
+                curs.execute(f"LOCK TABLE {events} IN EXCLUSIVE MODE")
+                curs.execute(f"SELECT MAX(notification_id) AS head FROM {events}")
+                row = curs.fetchone()
+                if ((row or {}).get("head") or 0) != head:
+                    raise _HeadMoved
+                self._write(curs, changes)
+                curs.execute(self.work_sql.mark_built)
+        except _HeadMoved:
+            return False
+        return True
+
+
+class PostgresStoreFactory(PostgresFactory):
+    aggregate_recorder_class = PostgresBatchAggregateRecorder
+    application_recorder_class = PostgresStoreRecorder
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+class POPOStoreRecorder(POPOApplicationRecorder):
+    """The work table as two dicts, changed under the recorder's own lock with the events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: dict[UUID, list[Any]] = {}  # id -> [job, available_at, reserved_until]
+        self._timers: dict[UUID, tuple[str, float]] = {}
+        self._work_lock: RLock = self._database_lock
+
+    def _insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        with self._work_lock:
+            ids = super()._insert_events(stored_events, **kwargs)
+            work = _work(kwargs)
+            if work is not None:
+                self._write(work)
+            return ids
+
+    def _write(self, work: WorkChanges) -> None:
+        for run, (job, _, at) in work.opened.items():
+            self._runs[run] = [job, at, self._runs.get(run, [0, 0, 0.0])[2]]
+        for run, at in work.leased.items():
+            if run in self._runs:
+                self._runs[run][1] = at
+        for run in work.closed:
+            self._runs.pop(run, None)
+        self._timers.update(work.timed)
+        for job in work.untimed:
+            self._timers.pop(job, None)
+
+    def reserve_runs(self, now: float, hold_until: float, limit: int) -> list[tuple[UUID, UUID]]:
+        with self._work_lock:
+            free = [(row[1], run) for run, row in self._runs.items() if max(row[1], row[2]) <= now]
+            chosen = [run for _, run in sorted(free, key=lambda item: item[0])[:limit]]
+            for run in chosen:
+                self._runs[run][2] = hold_until
+            return [(run, self._runs[run][0]) for run in chosen]
+
+    def overdue_jobs(self, before: Mapping[str, float], limit: int) -> list[UUID]:
+        with self._work_lock:
+            due = [
+                (since, job)
+                for job, (state, since) in self._timers.items()
+                if state in before and since <= before[state]
+            ]
+        return [job for _, job in sorted(due, key=lambda item: item[0])[:limit]]
+
+    def open_runs(self) -> list[UUID]:
+        with self._work_lock:
+            return list(self._runs)  # in the order they were started
+
+    def work_built(self) -> bool:
+        return True  # a memory store starts empty, with its work table
+
+    def build_work(self, changes: WorkChanges, head: int) -> bool:
+        return True
+
+
+class POPOStoreFactory(POPOFactory):
+    def application_recorder(self) -> POPOStoreRecorder:
+        return POPOStoreRecorder()
+
+
+STORE_FACTORIES: dict[str, type[SQLiteFactory] | type[PostgresFactory] | type[POPOFactory]] = {
+    "eventsourcing.sqlite": SQLiteStoreFactory,
+    "eventsourcing.postgres": PostgresStoreFactory,
+    "eventsourcing.popo": POPOStoreFactory,
+}

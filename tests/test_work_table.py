@@ -1,0 +1,228 @@
+"""The work table (domain/work.py) and the group commits built on it: start_jobs, claim_batch,
+reservations, and the dispatcher's GroupCommit."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from bootstrap import Settings, open_service
+from domain import (
+    Applied,
+    CurationService,
+    Discarded,
+    Dispatch,
+    InvalidParams,
+    JobState,
+    Verdict,
+)
+from domain.store_recorders import BUILT, RUNS, TIMERS, PostgresStoreRecorder
+from integrations.group_commit import GroupCommit
+from tests.support.fakes import event_count
+
+LEASE = timedelta(seconds=30)
+SHA = "5" * 64
+
+
+def shape(svc: CurationService, job_id: UUID) -> list[tuple[str, str, list[str]]]:
+    return [(e.aggregate, e.name, sorted(e.data)) for e in svc.history(job_id)]
+
+
+def test_start_jobs_records_what_the_three_commands_record(svc: CurationService) -> None:
+    one = svc.create_job({"target": "t"})
+    svc.configure(one, {"priority": "high"})
+    svc.submit(one)
+    before = event_count(svc)
+    started = svc.start_jobs([{"target": "a"}, {"target": "b"}], {"priority": "high"})
+    assert event_count(svc) == before + 2 * 4  # Created, Configured, Submitted, Started each
+    assert [shape(svc, d.job_id) for d in started] == [shape(svc, one)] * 2
+    assert [svc.get(d.job_id).settings for d in started] == [{"priority": "high"}] * 2
+    assert svc.open_runs()[-2:] == [d.invocation_id for d in started]
+
+
+def test_start_jobs_refuses_them_all_for_one_bad_spec(svc: CurationService) -> None:
+    before = event_count(svc)
+    with pytest.raises(InvalidParams):
+        svc.start_jobs([{"target": "a"}, "not an object"])  # type: ignore[list-item]
+    assert event_count(svc) == before
+    assert svc.open_runs() == []
+
+
+def test_claim_batch_claims_each_once_and_says_which_it_could_not(svc: CurationService) -> None:
+    free, held, done = svc.start_jobs([{"n": n} for n in range(3)])
+    now = datetime.now(UTC)
+    svc.claim(held.invocation_id, "elsewhere", LEASE, now, module_sha256=SHA)
+    svc.complete(done, "SessionSpawned", {"session_id": "s"})
+    ids = [free.invocation_id, held.invocation_id, done.invocation_id, uuid4()]
+    assert svc.claim_batch(ids, "w", LEASE, now, module_sha256=SHA) == [free, None, None, None]
+    claims = [e.name for e in svc.invocation_history(free.invocation_id)].count("Claimed")
+    assert claims == 1
+    assert svc.invocation(held.invocation_id).lease_holder == "elsewhere"
+
+
+def test_a_claimed_run_is_offered_again_only_when_its_lease_runs_out(
+    svc: CurationService,
+) -> None:
+    [dispatch] = svc.start_jobs([{"n": 1}])
+    now = datetime.now(UTC)
+    [(offered, job)] = svc.reserve_runs(now, timedelta(seconds=1), 10)
+    assert (offered, job) == (dispatch.invocation_id, dispatch.job_id)
+    svc.claim_batch([offered], "w", LEASE, now, module_sha256=SHA)
+    assert svc.reserve_runs(now + LEASE / 2, timedelta(seconds=1), 10) == []
+    assert svc.reserve_runs(now + LEASE, timedelta(seconds=1), 10) == [(offered, job)]
+
+
+def test_workers_asking_at_once_are_offered_different_runs(shared_store_url: str) -> None:
+    stores = [open_service(Settings(store_url=shared_store_url)) for _ in range(4)]
+    try:
+        started = stores[0].start_jobs([{"n": n} for n in range(20)])
+        now = datetime.now(UTC)
+        offered: list[list[tuple[UUID, UUID]]] = [[] for _ in stores]
+        gate = threading.Barrier(len(stores))
+
+        def ask(index: int) -> None:
+            gate.wait()
+            offered[index] = stores[index].reserve_runs(now, LEASE, 5)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(stores))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for store in stores:
+            store.close()
+    runs = [run for each in offered for run, _ in each]
+    assert sorted(runs) == sorted(d.invocation_id for d in started), "each run offered once"
+
+
+# -- kept in step with the log ---------------------------------------------------------------
+
+
+def work_rows(svc: CurationService) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The work table's rows as stored (less reservations, which the log does not say)."""
+    recorder = svc.recorder
+    runs, timers = RUNS, TIMERS
+    if isinstance(recorder, PostgresStoreRecorder):
+        schema = f'"{recorder.datastore.schema}".'
+        runs, timers = schema + runs, schema + timers
+    queries = (
+        f"SELECT invocation_id, job_id, opened_at, available_at FROM {runs} ORDER BY 1",
+        f"SELECT job_id, state, since FROM {timers} ORDER BY 1",
+    )
+    found: list[list[tuple[Any, ...]]] = []
+    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+        for query in queries:
+            cursor.execute(query)
+            rows = cursor.fetchall()
+            found.append([tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows])
+    return found[0], found[1]
+
+
+def drop_work_table(svc: CurationService) -> None:
+    """Makes the store look like one written before the work table existed."""
+    recorder = svc.recorder
+    prefix = ""
+    if isinstance(recorder, PostgresStoreRecorder):
+        prefix = f'"{recorder.datastore.schema}".'
+    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+        for table in (RUNS, TIMERS, BUILT):
+            cursor.execute(f"DROP TABLE {prefix}{table}")
+
+
+def history_of_every_kind(svc: CurationService) -> None:
+    now = datetime.now(UTC)
+    a, b, c, d, e = svc.start_jobs([{"n": n} for n in range(5)])
+    svc.create_job({"queued": True})
+    svc.claim_batch([a.invocation_id, b.invocation_id], "w", LEASE, now, module_sha256=SHA)
+    svc.complete_batch(
+        [
+            (a, "SessionSpawned", {"session_id": "s-a"}),
+            (c, "Fail", {"reason": "service_error", "message": "500"}),
+        ]
+    )
+    svc.fail(d.job_id)
+    svc.retry(d.job_id)
+    svc.submit(d.job_id)
+    svc.complete(e, "SessionSpawned", {"session_id": "s-e"})
+    svc.complete(e, "SessionSpawned", {"session_id": "s-e"})  # a duplicate: finished already
+
+
+def test_the_table_built_from_the_log_equals_the_one_kept_with_it(shared_store_url: str) -> None:
+    svc = open_service(Settings(store_url=shared_store_url))
+    try:
+        history_of_every_kind(svc)
+        kept = work_rows(svc)
+        # Open: b (claimed), d's first run (its job failed under it) and its second. Timed:
+        # every job but c (failed), and the one never submitted (Queued).
+        assert (len(kept[0]), len(kept[1])) == (3, 5)
+        drop_work_table(svc)
+    finally:
+        svc.close()
+    reopened = open_service(Settings(store_url=shared_store_url))
+    try:
+        assert work_rows(reopened) == kept
+    finally:
+        reopened.close()
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+def complete_at_once(
+    group: GroupCommit, completions: list[tuple[Dispatch, str, dict[str, Any] | None]]
+) -> list[Verdict | Exception]:
+    results: list[Verdict | Exception] = [InvalidParams("none", [])] * len(completions)
+    gate = threading.Barrier(len(completions))
+
+    def one(index: int) -> None:
+        gate.wait()
+        try:
+            results[index] = group.complete(*completions[index])
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(completions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def expecting(n: int) -> Callable[[], int]:
+    return lambda: n
+
+
+def test_completions_that_arrive_together_commit_together(svc: CurationService) -> None:
+    started = svc.start_jobs([{"n": n} for n in range(12)])
+    group = GroupCommit(svc, max_wait=5.0, expected=expecting(12))
+    completions = [(d, "SessionSpawned", {"session_id": f"s-{n}"}) for n, d in enumerate(started)]
+    verdicts = complete_at_once(group, [*completions, completions[0]])
+    assert all(isinstance(v, Applied) for v in verdicts[1:12])
+    # The same completion twice: whichever the group took first applied, the other is a
+    # recorded duplicate.
+    twice = sorted((verdicts[0], verdicts[12]), key=lambda v: isinstance(v, Discarded))
+    assert isinstance(twice[0], Applied)
+    assert isinstance(twice[1], Discarded)
+    assert twice[1].reason == "duplicate"
+    assert group.stats.completions == 13
+    assert group.stats.commits < 13, "at least two completions shared a transaction"
+
+
+def test_a_bad_completion_in_a_group_fails_alone(svc: CurationService) -> None:
+    started = svc.start_jobs([{"n": n} for n in range(4)])
+    group = GroupCommit(svc, max_wait=5.0, expected=expecting(4))
+    completions: list[tuple[Dispatch, str, dict[str, Any] | None]] = [
+        (d, "SessionSpawned", {"session_id": f"s-{n}"}) for n, d in enumerate(started)
+    ]
+    completions[2] = (started[2], "SessionSpawned", {"no_session": True})
+    results = complete_at_once(group, completions)
+    assert isinstance(results[2], InvalidParams)
+    assert [isinstance(r, Applied) for n, r in enumerate(results) if n != 2] == [True] * 3
+    assert svc.get(started[2].job_id).state == JobState.READY
