@@ -82,9 +82,7 @@ def lanes_of(audit: Mapping[str, Any]) -> Lanes:
     at = audit.get("at")
     as_of = datetime.fromisoformat(at["at"]) if at else None
     labels = {i["id"]: i["label"] for i in audit["invocations"]}
-    lanes: list[Lane] = [
-        Lane("job", "job", f"{audit['state']} · v{audit['version']}", "lane-job")
-    ]
+    lanes: list[Lane] = [Lane("job", "job", f"{audit['state']} · v{audit['version']}", "lane-job")]
     events: list[_Event] = []
 
     def add(lane: int, e: Mapping[str, Any], cell: Cell) -> None:
@@ -194,9 +192,7 @@ def _job_cell(e: Mapping[str, Any], labels: Mapping[str, str]) -> Cell:
 
 def _invocation_lane(invocation: Mapping[str, Any]) -> Lane:
     label = invocation["label"]
-    reasons = [
-        str(c["reason"]) for c in invocation["completions"] if c["verdict"] == "Discarded"
-    ]
+    reasons = [str(c["reason"]) for c in invocation["completions"] if c["verdict"] == "Discarded"]
     badges = tuple(f"discarded: {r}" for r in dict.fromkeys(reasons))
     if invocation["compensations"]:
         badges += (f"compensated: {len(invocation['compensations'])}",)

@@ -38,8 +38,9 @@ WORK_TOPICS = (STARTED, CLAIMED, FINISHED, *JOB_TOPICS)
 @dataclass
 class WorkChanges:
     """What one save does to the work table, folded in event order: per run, its open row
-    (``opened``: job, started at, available at), a new moment it becomes available (``leased``, for runs opened earlier) or
-    its removal (``closed``); per job, its timed state and since when, or its removal."""
+    (``opened``: job, started at, available at), a new moment it becomes available
+    (``leased``, for runs opened earlier) or its removal (``closed``); per job, its timed
+    state and since when, or its removal."""
 
     opened: dict[UUID, tuple[UUID, float, float]] = field(default_factory=dict)
     leased: dict[UUID, float] = field(default_factory=dict)
