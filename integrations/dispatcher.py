@@ -236,6 +236,7 @@ class Dispatcher:
         # not offer them again until it runs out, so this worker claims them again itself.
         self._again: dict[UUID, None] = {}
         self.pending: list[UUID] = []  # as of the last look at the store
+        self._freed: anyio.Event | None = None  # set when a run ends (made in the loop)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -247,24 +248,26 @@ class Dispatcher:
         async with anyio.create_task_group() as tg:
             while not (until() and not self._inflight):
                 try:
-                    await self._start_pending(tg)
+                    exhausted = await self._start_pending(tg)
                     now = datetime.now(UTC)
-                    self.stats.timeouts += await anyio.to_thread.run_sync(self.expire_overdue, now)
-                    self.stats.timeouts += await anyio.to_thread.run_sync(self.sweep_deadlines, now)
+                    self.stats.timeouts += await anyio.to_thread.run_sync(self._sweep, now)
                 except (StoreUnavailable, ConcurrencyError) as exc:
                     self.stats.store_retries += 1
                     log.warning("store call failed, retrying: %s", exc)
                     await anyio.sleep(self.store_retry_interval)
                     continue
                 await self._reconcile(now)
-                await anyio.sleep(self.poll_interval)
+                if exhausted:
+                    await anyio.sleep(self.poll_interval)
+                else:
+                    await self._room()  # more may be waiting: look again once a run ends
 
     async def run_once(self) -> None:
         """Processes every run the store offers now (taking more as runs finish) and returns
         when they are all done (tests, `--once`)."""
         async with anyio.create_task_group() as tg:
             while not await self._start_pending(tg):
-                await anyio.sleep(self.poll_interval)  # full: wait for a run to finish
+                await self._room()
 
     def refresh(self) -> list[UUID]:
         """The invocations started and not yet finished, as the store says now."""
@@ -285,6 +288,15 @@ class Dispatcher:
         self.pending = [run.dispatch.invocation_id for run in runs] + list(self._again)
         return len(runs) < free
 
+    async def _room(self) -> None:
+        """Returns once the loop has room for another run."""
+        while len(self._inflight) >= self.concurrency:
+            self._freed = anyio.Event()
+            await self._freed.wait()
+
+    def _sweep(self, now: datetime) -> int:
+        return self.expire_overdue(now) + self.sweep_deadlines(now)
+
     async def _process(self, run: Run) -> None:
         invocation_id = run.dispatch.invocation_id
         try:
@@ -302,6 +314,8 @@ class Dispatcher:
         finally:
             self._executing -= 1
             self._inflight.pop(invocation_id, None)
+            if self._freed is not None:
+                self._freed.set()
 
     async def _reconcile(self, now: datetime) -> None:
         try:
