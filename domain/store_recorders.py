@@ -1,5 +1,6 @@
-"""The event store's recorders: the library's, with the batch reads of ``domain/batch_reads.py``
-and the work table of ``domain/work.py`` written in the same transaction as the events.
+"""The event store's recorders: the library's, with the batch reads of ``domain/batch_reads.py``,
+the work table of ``domain/work.py`` written in the same transaction as the events, and a
+partial index of the events of the log's rare topics (``domain.log.INDEXED_TOPICS``).
 
 Each store writes the ``work`` its save carries (``CurationService._record`` computes it) through
 the hook the library gives subclasses for exactly this, the one it writes tracking records with:
@@ -33,6 +34,7 @@ from domain.batch_reads import (
     SQLiteBatchAggregateRecorder,
     SQLiteBatchApplicationRecorder,
 )
+from domain.log import indexed_topics_sql
 from domain.work import WorkChanges
 
 RUNS = "sequent_runs"
@@ -117,6 +119,11 @@ class SQLiteStoreRecorder(SQLiteBatchApplicationRecorder):
         super().__init__(*args, **kwargs)
         self.work_sql = WorkSQL(RUNS, TIMERS, BUILT, "?")
         self.create_table_statements += _ddl(RUNS, TIMERS, BUILT, "TEXT", "REAL")
+        events = self.events_table_name
+        self.create_table_statements.append(
+            f"CREATE INDEX IF NOT EXISTS {events}_indexed_topics ON {events} (topic) "
+            f"WHERE topic IN ({indexed_topics_sql()})"
+        )
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -189,6 +196,11 @@ class PostgresStoreRecorder(PostgresBatchApplicationRecorder):
         self.runs_table = runs
         self.work_sql = WorkSQL(runs, timers, built, "%s")
         ddl = _ddl(runs, timers, built, "uuid", "double precision")
+        events = f'{schema}."{self.events_table_name}"'
+        ddl.append(
+            f'CREATE INDEX IF NOT EXISTS "{self.events_table_name}_indexed_topics" ON {events} '
+            f"(notification_id) WHERE topic IN ({indexed_topics_sql()})"
+        )
         self.sql_create_statements += [SQL(statement).format() for statement in ddl]
 
     def _insert_events(

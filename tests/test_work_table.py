@@ -21,6 +21,8 @@ from domain import (
     JobState,
     Verdict,
 )
+from domain.cedar import default_policies
+from domain.log import DECISION_REQUESTED, INDEXED_TOPICS, POLICY_TOPICS, LogReader, log_reader
 from domain.store_recorders import BUILT, RUNS, TIMERS, PostgresStoreRecorder
 from integrations.group_commit import GroupCommit
 from tests.support.fakes import event_count
@@ -226,3 +228,31 @@ def test_a_bad_completion_in_a_group_fails_alone(svc: CurationService) -> None:
     assert isinstance(results[2], InvalidParams)
     assert [isinstance(r, Applied) for n, r in enumerate(results) if n != 2] == [True] * 3
     assert svc.get(started[2].job_id).state == JobState.READY
+
+
+# -- the rare topics' partial index ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topics", [INDEXED_TOPICS, POLICY_TOPICS, (DECISION_REQUESTED,)])
+def test_reading_indexed_topics_finds_what_the_librarys_reader_finds(
+    shared_store_url: str, topics: tuple[str, ...]
+) -> None:
+    svc = open_service(Settings(store_url=shared_store_url))
+    try:
+        for n in range(3):
+            svc.start_jobs([{"n": n}])
+            policy = svc.policies.add_policy(default_policies(f"http://127.0.0.1:{9000 + n}"))
+            decision = svc.policies.request_decision(integration=f"i-{n}", endpoint=f"e-{n}")
+            svc.policies.approve(decision, by="tester")
+            if n == 1:
+                svc.policies.revoke_policy(policy, by="tester")
+        ours = log_reader(svc.recorder, svc.mapper)
+        assert type(ours) is not LogReader, "the store's own reader, with the indexed path"
+        library = LogReader(svc.recorder, svc.mapper)
+        head = ours.head()
+        indexed = [(n.id, n.topic) for n in ours.notices(topics, upto=head, limit=2)]
+        expected = [(n.id, n.topic) for n in library.notices(topics, upto=head, limit=2)]
+    finally:
+        svc.close()
+    assert indexed == expected
+    assert len(expected) >= 3
