@@ -145,6 +145,7 @@ class DispatchStats:
     timeouts: int = 0
     orphans_stopped: int = 0
     store_retries: int = 0  # loop steps and runs cut short by the store (dropped, busy)
+    claim_commits: int = 0  # transactions the loop's claims took (one per group claimed)
 
     def count(self, verdict: Verdict) -> None:
         if isinstance(verdict, Applied):
@@ -371,6 +372,7 @@ class Dispatcher:
             self._again.pop(invocation_id)
         claimed = [d for d in dispatches if d is not None]
         self.stats.leased_elsewhere += len(dispatches) - len(claimed)
+        self.stats.claim_commits += bool(claimed)
         jobs = self.service.jobs(list(dict.fromkeys(d.job_id for d in claimed)))
         for dispatch in claimed:
             self._inflight[dispatch.invocation_id] = (dispatch.job_id, moment)

@@ -87,7 +87,12 @@ def run_worker(args: Args) -> int:
             anyio.run(dispatcher.run_once)
         else:
             anyio.run(dispatcher.run, stop.is_set)
-        stats = asdict(dispatcher.stats)
+        group = dispatcher.group.stats
+        stats = {
+            **asdict(dispatcher.stats),
+            "completion_commits": group.commits,  # transactions its completions took
+            "largest_completion_group": group.largest,
+        }
     return emit(
         args.json, stats, lambda out, _: out.print(" ".join(f"{k}={v}" for k, v in stats.items()))
     )
