@@ -192,10 +192,9 @@ def authorize(
     A denial that names policies was caused by a ``forbid``; one that names none, by no
     ``permit`` matching. Ids are those ``policy_statics`` keyed the policies by.
 
-    Made as ``cedarpy.is_authorized`` makes it, without its wrapping: that copies the request
-    to encode its context as JSON, puts it in a batch of one, and turns the JSON answer into
-    objects, which is a third of a check inside a sandbox run. Here the context is encoded by
-    an encoder built once and the answer read as the JSON it is."""
+    The extension is called as ``cedarpy.is_authorized`` calls it, less that wrapper's layers
+    (its batch-of-one function, the request copied, the answer turned into result objects and
+    an enum): about 3 of the 25 us a check takes inside a sandbox run."""
     native = {**request, "context": _CONTEXT_ENCODER.encode(request["context"])}
     [answer] = _cedar_native.is_authorized_batch([native], policies, entities._inner, None, False)
     decided = json.loads(answer)
