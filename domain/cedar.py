@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import cedarpy
+from cedarpy import _internal as _cedar_native  # what cedarpy's own is_authorized calls
 
 from domain.errors import InvalidPolicy, MalformedURL
 from domain.invocation import DEFAULT_INTEGRATION
@@ -181,16 +182,25 @@ def uid_request(
     }
 
 
+_CONTEXT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def authorize(
     request: dict[str, Any], policies: cedarpy.PolicySet, entities: cedarpy.Entities
 ) -> tuple[bool, tuple[str, ...], list[str]]:
     """(allowed, ids of the stored policies that determined it, Cedar's evaluation errors).
     A denial that names policies was caused by a ``forbid``; one that names none, by no
-    ``permit`` matching. Ids are those ``policy_statics`` keyed the policies by."""
-    result = cedarpy.is_authorized(request, policies, entities)
-    diagnostics = result.diagnostics
-    determining = dict.fromkeys(r.split("#", 1)[0] for r in diagnostics.reasons)
-    return result.allowed, tuple(determining), list(diagnostics.errors)
+    ``permit`` matching. Ids are those ``policy_statics`` keyed the policies by.
+
+    The extension is called as ``cedarpy.is_authorized`` calls it, less that wrapper's layers
+    (its batch-of-one function, the request copied, the answer turned into result objects and
+    an enum): about 3 of the 25 us a check takes inside a sandbox run."""
+    native = {**request, "context": _CONTEXT_ENCODER.encode(request["context"])}
+    [answer] = _cedar_native.is_authorized_batch([native], policies, entities._inner, None, False)
+    decided = json.loads(answer)
+    diagnostics = decided.get("diagnostics", {})
+    determining = dict.fromkeys(r.split("#", 1)[0] for r in diagnostics.get("reason", ()))
+    return decided["decision"] == "Allow", tuple(determining), list(diagnostics.get("errors", ()))
 
 
 # -- permits ----------------------------------------------------------------------------------

@@ -103,13 +103,21 @@ EPOCH_TICK_SECONDS: Final = 0.01
 # be without a pool. More than POOLED_RUNS runs at once would fail to instantiate (link_error);
 # a dispatcher runs at most its concurrency (16) at once. No pool (this wasmtime-py lacks the
 # calls, or the address space cannot be reserved): every engine allocates per store.
+# A slot given back is reset in place (its module's image copied back, zeroes elsewhere) up to
+# KEEP_RESIDENT bytes of its memory and tables, and by madvise beyond: a guest whose memory fits
+# (build_session_message's 192 KiB does) then finds its pages still mapped next run, where
+# madvise would cost a TLB shootdown and a page fault per page touched again (with the mprotect
+# of a grown memory, about a quarter of a run). The cost is resident memory: up to
+# 320 KiB in each slot that has been used (a run reuses its module's last slot when it is free).
 POOLED_RUNS: Final = 1000
+KEEP_RESIDENT: Final = {"linear_memory_keep_resident": 256 * 1024, "table_keep_resident": 64 * 1024}
 POOL_SIZES: Final[Mapping[str, int]] = {
     "total_core_instances": POOLED_RUNS,
     "total_memories": POOLED_RUNS,
     "total_tables": 4 * POOLED_RUNS,
     "max_tables_per_module": 4,
     "max_memory_size": 1 << 32,
+    **KEEP_RESIDENT,
 }
 POOLING: Final = all(
     hasattr(_raw, f"wasmtime_pooling_allocation_config_{name}")

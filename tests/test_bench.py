@@ -98,7 +98,7 @@ def test_meets_follows_target(quick_results: list[dict[str, Any]]) -> None:
     targets = {m["name"]: (m["target_on"], m["target_op"], m["target"]) for m in quick_results}
     assert targets == {
         bench.GUARDED: ("ratio", ">=", 0.7),
-        bench.SANDBOX: ("value", "<=", 200.0),
+        bench.SANDBOX: ("value", "<=", 150.0),
         bench.CYCLES: ("value", ">=", 1000.0),
         bench.REBUILD: ("ratio", ">=", 0.5),
         bench.AUDIT: ("value", "<=", 50_000.0),  # 50 ms, in us

@@ -344,9 +344,17 @@ def test_every_bad_module_in_one_process_then_a_good_one() -> None:
     assert kinds["loop_forever.wat"] == "fuel_exhausted"
     assert kinds["unknown_import.wat"] == "link_error"
     assert sorted(MODULES.glob("*.wat")) == sorted(
-        MODULES / name for name in (*BAD_MODULES, "echo.wat")
+        MODULES / name for name in (*BAD_MODULES, "echo.wat", "fresh_memory.wat")
     )
     assert_healthy(runtime)
+
+
+def test_a_run_never_sees_the_memory_of_the_run_before(runtime: Runtime) -> None:
+    """Runs of one module reuse a pool slot whose pages stay resident (runtime.KEEP_RESIDENT):
+    each must still start from the module's own image, and zeroes where it has none."""
+    loaded = runtime.load(wat("fresh_memory.wat"))
+    results = [runtime.run(loaded, INPUT) for _ in range(3)]
+    assert [(r.outcome, r.output) for r in results] == [("ok", {})] * 3, results[-1].message
 
 
 def test_concurrent_runs_each_see_their_own_host() -> None:

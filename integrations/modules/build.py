@@ -40,6 +40,11 @@ ZIG_FLAGS: tuple[str, ...] = (
     "ReleaseSmall",
     "-fstrip",
     "-fsingle-threaded",
+    # The shadow stack (wasm-ld's default is 1 MiB) is part of the initial memory, which the host
+    # keeps resident between runs; 64 KiB is far more than a run nests (values are at most
+    # domain.values.MAX_DEPTH deep), and overflowing it traps.
+    "--stack",
+    "65536",
     "--export=run",
     "--export=alloc",
 )

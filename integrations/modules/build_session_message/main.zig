@@ -20,7 +20,13 @@ extern "sequent" fn http_call(ptr: [*]const u8, len: usize) i64;
 
 const LOG_INFO: i32 = 1;
 
-const gpa: Allocator = std.heap.wasm_allocator;
+// A run's allocations come first from a buffer inside the initial memory, so a typical run never
+// grows memory: the host then keeps its few pages resident from one run to the next instead of
+// faulting them in again (see POOL_SIZES in integrations/runtime.py). Whatever does not fit
+// comes from the wasm allocator, which grows memory (and fails, alloc answering -1, at the limit).
+var heap_buffer: [64 * 1024]u8 = undefined;
+var buffer_first = std.heap.BufferFirstAllocator.init(&heap_buffer, std.heap.wasm_allocator);
+const gpa: Allocator = buffer_first.allocator();
 
 /// Host asks for `size` bytes to write into. -1 means out of memory (the sandbox reports it as
 /// `memory_limit`).
