@@ -10,10 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from domain.store_url import parse_store_url
-from scripts.bench import audit, batched, completions, cycles, race, rebuild, sandbox
+from scripts.bench import audit, batched, completions, curve, cycles, race, rebuild, sandbox
 from scripts.bench.harness import (
     AUDIT,
     BATCHED,
+    CURVE,
     CYCLES,
     GUARDED,
     RACE,
@@ -35,6 +36,7 @@ MEASURES: Mapping[str, Callable[[Bench], list[Measurement]]] = {
     REBUILD: rebuild.measure,
     AUDIT: audit.measure,
     BATCHED: batched.measure,
+    CURVE: curve.measure,
 }
 
 
