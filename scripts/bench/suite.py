@@ -10,7 +10,18 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from domain.store_url import parse_store_url
-from scripts.bench import audit, batched, completions, curve, cycles, race, rebuild, sandbox
+from scripts.bench import (
+    audit,
+    batched,
+    completions,
+    curve,
+    cycles,
+    race,
+    rebuild,
+    sandbox,
+    transactions,
+    workers,
+)
 from scripts.bench.harness import (
     AUDIT,
     BATCHED,
@@ -20,6 +31,8 @@ from scripts.bench.harness import (
     RACE,
     REBUILD,
     SANDBOX,
+    TRANSACTIONS,
+    WORKERS,
     USES_POSTGRES,
     Bench,
     BenchConfig,
@@ -36,6 +49,8 @@ MEASURES: Mapping[str, Callable[[Bench], list[Measurement]]] = {
     REBUILD: rebuild.measure,
     AUDIT: audit.measure,
     BATCHED: batched.measure,
+    TRANSACTIONS: transactions.measure,
+    WORKERS: workers.measure,
     CURVE: curve.measure,
 }
 
