@@ -192,7 +192,9 @@ def time_completions(svc: CurationService, n: int) -> Timings:
     return timings
 
 
-def completion_measurement(backend: str, points: Sequence[Point], load: float | None) -> Measurement:
+def completion_measurement(
+    backend: str, points: Sequence[Point], load: float | None
+) -> Measurement:
     first, last = points[0].completions, points[-1].completions
     p99_ratio = first.percentile_us(0.99) / last.percentile_us(0.99)
     return Measurement(

@@ -69,9 +69,10 @@ class WorkerProcess:
         try:
             out, _ = self.process.communicate(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
-            raise RuntimeError(f"worker {self.worker_id} did not stop: {self.last_log_line()}")
+            self.kill()
+            raise RuntimeError(
+                f"worker {self.worker_id} did not stop: {self.last_log_line()}"
+            ) from None
         if self.process.returncode != 0:
             raise RuntimeError(
                 f"worker {self.worker_id} failed ({self.process.returncode}): "

@@ -125,18 +125,19 @@ class _CountingPostgres(PostgresDatastore):
 def counting_transactions(app: Application[Any]) -> Iterator[TransactionCount]:
     """Counts the transactions ``app``'s datastore runs while the block does."""
     datastore: Any = getattr(app.recorder, "datastore", None)
-    mixin: type = _CountingPostgres if isinstance(datastore, PostgresDatastore) else _CountingSQLite
     if not isinstance(datastore, PostgresDatastore | SQLiteDatastore):
         raise TypeError(f"no transactions to count in a {type(app.recorder).__name__}")
+    mixin: type = _CountingPostgres if isinstance(datastore, PostgresDatastore) else _CountingSQLite
     own_class = type(datastore)
     count = TransactionCount()
-    datastore.bench_count = count
-    datastore.__class__ = type(f"Counting{own_class.__name__}", (mixin, own_class), {})
+    counted: Any = datastore  # gains bench_count, which neither library class declares
+    counted.bench_count = count
+    counted.__class__ = type(f"Counting{own_class.__name__}", (mixin, own_class), {})
     try:
         yield count
     finally:
-        datastore.__class__ = own_class
-        del datastore.bench_count
+        counted.__class__ = own_class
+        del counted.bench_count
 
 
 def measure(bench: Bench) -> list[Measurement]:
