@@ -27,7 +27,6 @@ from scripts.bench.harness import (
 )
 from scripts.bench.stores import ScratchStore, open_store, scratch_stores
 
-
 # The library's PostgreSQL option: events inserted by a database function (one statement in
 # autocommit, no table lock, and the recorder's _insert_events hook skipped).
 DB_FUNCTIONS_BACKEND = "postgresql+db_functions"
