@@ -26,6 +26,7 @@ from scripts.bench.race import time_to_running
 from scripts.bench.rebuild import fill_log
 from scripts.bench.stores import with_temporary_schema
 from scripts.bench.transactions import counting_transactions
+from scripts.cli.bench import figure
 from scripts.cli.commands import build_parser
 
 TINY = "0.02"
@@ -502,3 +503,9 @@ def test_worker_processes_and_curve_on_postgres(
     assert workers["ratio"] == pytest.approx(runs[-1]["jobs_per_s"] / runs[0]["jobs_per_s"])
     lost = workers["details"]["claims_lost_pct_max"]
     assert workers["details"]["claims_lost_meets"] is (lost <= 5.0)
+
+
+def test_figures_by_unit() -> None:
+    assert figure(4537.2, "ops/s") == "4,537/s"
+    assert figure(333.6, bench.TIME_UNIT) == "333.6µs"
+    assert figure(5.0, bench.COUNT_UNIT) == "5.00"

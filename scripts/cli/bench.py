@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from scripts.bench import (
+    COUNT_UNIT,
     CURVE_COMPLETION,
     CURVE_START,
     MEASUREMENT_NAMES,
@@ -122,9 +123,11 @@ def progress_bar(total: int) -> Iterator[Callable[[str], None]]:
 
 
 def figure(value: float, unit: str) -> str:
-    """A compact figure: ``4,537/s`` for a rate, ``333.6µs`` for a time."""
+    """A compact figure: ``4,537/s`` for a rate, ``333.6µs`` for a time, ``5.00`` for a count."""
     if not math.isfinite(value):
         return str(value)
+    if unit == COUNT_UNIT:
+        return f"{value:.2f}"
     if unit == "us":
         if value < 1_000:
             return f"{value:,.1f}µs"
