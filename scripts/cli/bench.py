@@ -280,7 +280,11 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
         help=f"run only these (of {', '.join(MEASUREMENT_NAMES)})",
     )
     bench.add_argument(
-        "--pg", default=None, metavar="URL", help="PostgreSQL server for the completion measurement"
+        "--pg",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL server: adds it to the store-bound measurements (and runs the worker "
+        "processes and batched completions, PostgreSQL only)",
     )
     bench.add_argument(
         "--scale",
