@@ -44,20 +44,20 @@ def target_fraction(m: Measurement) -> float | None:
 
 def plot(results: Sequence[Measurement], path: Path) -> Figure:
     """Draws the picture and writes it to ``path`` as PNG; returns the figure."""
-    figure = Figure(figsize=(13, 12), layout="constrained")
-    grid = figure.add_gridspec(3, 2)
-    panels = [figure.add_subplot(grid[row, col]) for row in range(2) for col in range(2)]
-    targets = figure.add_subplot(grid[2, :])
+    figure = Figure(figsize=(13, 13), layout="constrained")
+    # Subfigures: the targets' long labels do not squeeze the curves' panels.
+    halves = figure.subfigures(2, 1, height_ratios=[2.0, 1.2], squeeze=False)
+    upper, lower = halves[0, 0], halves[1, 0]
+    panels = list(upper.subplots(2, 2).flat)
+    targets = lower.subplots()
     curves = {m.backend or "-": m for m in results if m.name == CURVE_COMPLETION}
     starts = {m.backend or "-": m for m in results if m.name == CURVE_START}
     latency, throughput, start, rss = panels
     _curve(latency, curves, {"p50": "p50", "p99": "p99"}, "µs per completion")
     _curve(throughput, curves, {"completions/s": "completions_per_s"}, "completions/s")
-    _curve(start, starts, {"first dispatch": "first_dispatch_p50_s"}, "seconds from spawn")
-    _curve(rss, starts, {"VmHWM": "peak_rss_mb"}, "MB")
-    for axes, ceiling in ((start, START_TARGET_US / 1e6), (rss, RSS_TARGET_MB)):
-        axes.axhline(ceiling, color="tab:red", linestyle="--", label="target at 1M events")
-        axes.legend()
+    _curve(start, starts, {"first dispatch": "first_dispatch_p50_s"}, "seconds from spawn",
+           ceiling=START_TARGET_US / 1e6)  # fmt: skip
+    _curve(rss, starts, {"VmHWM": "peak_rss_mb"}, "MB", ceiling=RSS_TARGET_MB)
     _targets(targets, results)
     for axes, title in zip([*panels, targets], TITLES, strict=True):
         axes.set_title(title)
@@ -67,8 +67,13 @@ def plot(results: Sequence[Measurement], path: Path) -> Figure:
 
 
 def _curve(
-    axes: Axes, by_backend: dict[str, Measurement], series: dict[str, str], ylabel: str
+    axes: Axes,
+    by_backend: dict[str, Measurement],
+    series: dict[str, str],
+    ylabel: str,
+    ceiling: float | None = None,
 ) -> None:
+    """One line per backend and series; ``ceiling``: §7's target at 1M events, dashed."""
     axes.set_xlabel("events in the store")
     axes.set_ylabel(ylabel)
     if not by_backend:
@@ -80,6 +85,8 @@ def _curve(
         events = [p["events"] for p in points]
         for label, key in series.items():
             axes.plot(events, [p[key] for p in points], marker="o", label=f"{backend} {label}")
+    if ceiling is not None:
+        axes.axhline(ceiling, color="tab:red", linestyle="--", label="target at 1M events")
     axes.set_ylim(bottom=0)
     axes.legend()
 
