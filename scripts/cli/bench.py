@@ -270,7 +270,7 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
         "figures are noisy on a shared machine, the ratios less so.",
     )
     bench.add_argument(
-        "--quick", action="store_true", help="small n and no race: well under 20 s on 2 cores"
+        "--quick", action="store_true", help="small n and no race: under 20 s on 2 cores"
     )
     bench.add_argument(
         "--only",
