@@ -13,14 +13,20 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
 from domain import CurationService
 from scripts import bench, cli
+from scripts.bench.history import fill_history
+from scripts.bench.plot import TITLES as PLOT_TITLES
+from scripts.bench.plot import plot, target_fraction
 from scripts.bench.race import time_to_running
 from scripts.bench.rebuild import fill_log
 from scripts.bench.stores import with_temporary_schema
+from scripts.bench.transactions import counting_transactions
+from scripts.cli.bench import figure
 from scripts.cli.commands import build_parser
 
 TINY = "0.02"
@@ -33,7 +39,10 @@ QUICK_SUITE = [
     (bench.CYCLES, None),
     (bench.REBUILD, "sqlite"),
     (bench.AUDIT, "sqlite"),
-]  # BATCHED is PostgreSQL only: nothing without --pg
+    (bench.TRANSACTIONS, "sqlite"),
+    (bench.CURVE_COMPLETION, "sqlite"),
+    (bench.CURVE_START, "sqlite"),
+]  # BATCHED and WORKERS are PostgreSQL only: nothing without --pg
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -68,7 +77,7 @@ def test_ratio_is_speed_relative_to_the_baseline(quick_results: list[dict[str, A
     for m in quick_results:
         assert m["value"] > 0, m["name"]
         assert m["baseline"] > 0, m["name"]
-        if m["unit"] == bench.TIME_UNIT:
+        if m["unit"] in (bench.TIME_UNIT, bench.COUNT_UNIT):
             assert m["better"] == "lower"
             assert m["ratio"] == pytest.approx(m["baseline"] / m["value"])
         else:
@@ -102,6 +111,9 @@ def test_meets_follows_target(quick_results: list[dict[str, Any]]) -> None:
         bench.CYCLES: ("value", ">=", 1000.0),
         bench.REBUILD: ("ratio", ">=", 0.5),
         bench.AUDIT: ("value", "<=", 50_000.0),  # 50 ms, in us
+        bench.TRANSACTIONS: ("value", "<=", 2.0),
+        bench.CURVE_COMPLETION: ("ratio", ">=", 0.8),
+        bench.CURVE_START: ("value", "<=", 1_000_000.0),  # 1 s, in us
     }
 
 
@@ -291,7 +303,14 @@ def test_postgres_backend_in_a_schema_it_drops(
         "--quick", "--json", "--scale", "0.01", "--only", bench.GUARDED, "--pg", pg_server
     )
     assert code == 0, err
-    assert [m["backend"] for m in json.loads(out)] == ["memory", "sqlite", "postgresql"]
+    results = json.loads(out)
+    assert [m["backend"] for m in results] == [
+        "memory",
+        "sqlite",
+        "postgresql",
+        "postgresql+db_functions",  # the library's insert function
+    ]
+    assert all(m["n"] > 0 and m["value"] > 0 for m in results)
     assert bench_schemas() == before
 
 
@@ -323,3 +342,170 @@ def test_store_bound_measurements_on_postgres(
     assert batched["ratio"] == pytest.approx(batched["value"] / batched["baseline"])
     applied = batched["n"] + batched["details"]["one_by_one"]["n"]
     assert batched["details"]["verdicts"] == {"Applied": applied}
+
+
+# -- transactions, the cost curve, worker processes, the picture -------------------------------
+
+
+def test_transactions_count_both_sides(quick_results: list[dict[str, Any]]) -> None:
+    m = next(m for m in quick_results if m["name"] == bench.TRANSACTIONS)
+    details = m["details"]
+    assert details["applied"] == m["n"] == details["jobs"]
+    assert m["value"] == pytest.approx(details["operator"]["writes"] + details["worker"]["writes"])
+    assert details["operator"]["writes"] == 3.0  # create, configure, submit: one save each
+    assert details["bare"]["writes"] == m["baseline"] == 4.0  # and the complete
+    total = details["operator"]["total"] + details["worker"]["total"]
+    assert details["total_per_cycle"] == pytest.approx(total)
+    assert details["total_meets"] is (total <= 2.0)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_counting_transactions_sees_each_one_and_only_inside(url_for: Any, backend: str) -> None:
+    svc = CurationService.open(url_for(backend))
+    try:
+        with counting_transactions(svc) as created:
+            job_id = svc.create_job({"target": "t"})
+        assert (created.writes, created.reads) == (1, 0)  # one save, nothing read
+        with counting_transactions(svc) as read:
+            svc.get(job_id)
+        assert read.writes == 0
+        assert read.reads >= 1
+        svc.configure(job_id, {"k": "v"})  # not counted: outside any block
+        assert (created.total, read.writes) == (1, 0)
+        with counting_transactions(svc) as submitted:
+            svc.submit(job_id)
+        assert submitted.writes == 1  # the job and its new invocation in one save
+    finally:
+        svc.close()
+
+
+def test_cost_curve_points_grow_and_workers_dispatch(quick_results: list[dict[str, Any]]) -> None:
+    completion = next(m for m in quick_results if m["name"] == bench.CURVE_COMPLETION)
+    start = next(m for m in quick_results if m["name"] == bench.CURVE_START)
+    points = completion["details"]["points"]
+    assert len(points) == 2  # the quick default: a first point and ten times it
+    assert points[0]["events"] < points[1]["events"]
+    assert [p["events"] for p in start["details"]["points"]] == [p["events"] for p in points]
+    assert completion["value"] == points[-1]["p50"]
+    assert completion["baseline"] == points[0]["p50"]
+    p99_ratio = points[0]["p99"] / points[-1]["p99"]
+    assert completion["details"]["p99_ratio"] == pytest.approx(p99_ratio)
+    for point in [start["details"]["empty_store"], *start["details"]["points"]]:
+        for each in point["starts"]:
+            assert each["applied"] == 1  # the worker ran the one job submitted for it
+            assert 0 < each["first_dispatch_s"] <= each["running_s"]
+            assert each["peak_rss_mb"] > 0
+    rss = start["details"]["peak_rss_mb"]
+    assert start["details"]["rss_meets"] is (rss <= start["details"]["rss_target_mb"] == 150.0)
+    assert start["details"]["targets_apply"] is False  # far from 1M events
+
+
+def test_history_is_finished_jobs_through_the_recorder() -> None:
+    svc = CurationService.open("memory://")
+    try:
+        filled = fill_history(svc, 95)
+        assert (filled.jobs, filled.events) == (10, 100)  # whole jobs of 10 events
+        assert svc.recorder.max_notification_id() == 100
+        assert list(svc.pending_invocations().refresh()) == []  # nothing left to run
+        states = {svc.get(n.originator_id).state for n in svc.recorder.select_notifications(1, 100)
+                  if n.topic.endswith("CurationJob.Created")}  # fmt: skip
+        assert states == {"Completed"}
+    finally:
+        svc.close()
+
+
+def test_curve_and_plot_flags() -> None:
+    args = build_parser().parse_args(["bench", "--curve", "100000, 10000,100000"])
+    assert args.curve == (10_000, 100_000)
+    assert bench.BenchConfig(curve=args.curve).curve_points == (10_000, 100_000)
+    assert bench.BenchConfig(quick=True).curve_points == (1000, 10_000)
+
+
+BAD_FLAGS = [("--curve", "ten"), ("--curve", "0"), ("--plot", "out.jpg"), ("--plot", "/nope/x.png")]
+
+
+@pytest.mark.parametrize(("flag", "value"), BAD_FLAGS)
+def test_bad_curve_or_plot_is_one_line(flag: str, value: str) -> None:
+    code, out, err = run("--quick", flag, value)
+    assert code != 0
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith("sequent: error:")
+
+
+def test_plot_writes_a_png_with_every_panel(tmp_path: Path) -> None:
+    picture = tmp_path / "bench.png"
+    code, out, err = run("--quick", "--json", "--scale", TINY, "--only", bench.CURVE,
+                         "--curve", "20,200", "--plot", str(picture))  # fmt: skip
+    assert code == 0, err
+    results = [measurement_of(m) for m in json.loads(out)]
+    data = picture.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) > 20_000  # five drawn panels, not an empty canvas
+    figure = plot(results, tmp_path / "again.png")
+    assert [axes.get_title() for axes in figure.axes[:5]] == list(PLOT_TITLES)
+    latency = figure.axes[0]
+    assert [line.get_label() for line in latency.get_lines()] == ["sqlite p50", "sqlite p99"]
+    assert list(np.asarray(latency.get_lines()[0].get_xdata())) == [
+        p["events"] for p in results[0].details["points"]
+    ]
+    targets = figure.axes[4]
+    assert len(targets.patches) == 2  # a bar per measurement with a target
+
+
+def test_target_fraction_is_one_at_the_target() -> None:
+    floor = measurement("jobs/s", 50.0, 100.0, bench.Target(1.0, "ratio", ">="))
+    ceiling = measurement("us", 2_000_000.0, 1.0, bench.Target(1_000_000.0, "value", "<="))
+    count = measurement(bench.COUNT_UNIT, 5.0, 4.0, bench.Target(2.0, "value", "<="))
+    assert target_fraction(floor) == 0.5
+    assert target_fraction(ceiling) == 0.5
+    assert target_fraction(count) == 0.4
+    assert (count.better, count.ratio, count.meets) == ("lower", 0.8, False)
+    assert target_fraction(measurement("ops/s", 1.0, 1.0, None)) is None
+
+
+def measurement_of(payload: dict[str, Any]) -> bench.Measurement:
+    target = None
+    if payload["target"] is not None:
+        target = bench.Target(payload["target"], payload["target_on"], payload["target_op"])
+    return bench.Measurement(
+        payload["name"], payload["unit"], payload["value"], payload["baseline"], payload["n"],
+        payload["p50"], payload["p99"], payload["notes"], target, payload["backend"],
+        payload["details"],
+    )  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_worker_processes_and_curve_on_postgres(
+    pg_server: str, request: pytest.FixtureRequest
+) -> None:
+    request.node.user_properties.append(("store", "postgres"))
+    names = f"{bench.TRANSACTIONS},{bench.WORKERS}"
+    code, out, err = run("--quick", "--json", "--scale", "0.02", "--only", names, "--pg", pg_server)
+    assert code == 0, err
+    results = json.loads(out)
+    assert [(m["name"], m["backend"]) for m in results] == [
+        (bench.TRANSACTIONS, "sqlite"),
+        (bench.TRANSACTIONS, "postgresql"),
+        (bench.WORKERS, "postgresql"),
+    ]
+    assert results[1]["details"]["operator"]["writes"] == 3.0
+    workers = results[-1]
+    runs = workers["details"]["runs"]
+    assert [r["workers"] for r in runs] == [1, 2, 4]
+    for r in runs:
+        assert r["runs"] == r["applied"] == r["jobs"] == workers["details"]["jobs"]
+        assert len(r["runs_per_worker"]) == r["workers"]
+        assert r["claims_lost_pct"] == pytest.approx(100 * r["leased_elsewhere"] / r["runs"])
+    assert runs[0]["leased_elsewhere"] == 0  # a worker alone loses no claim
+    assert workers["ratio"] == pytest.approx(runs[-1]["jobs_per_s"] / runs[0]["jobs_per_s"])
+    lost = workers["details"]["claims_lost_pct_max"]
+    assert workers["details"]["claims_lost_meets"] is (lost <= 5.0)
+
+
+def test_figures_by_unit() -> None:
+    assert figure(4537.2, "ops/s") == "4,537/s"
+    assert figure(333.6, bench.TIME_UNIT) == "333.6µs"
+    assert figure(5.0, bench.COUNT_UNIT) == "5.00"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from domain import CurationService, Dispatch
@@ -29,14 +29,19 @@ BATCHED_TARGET = 5000.0  # completions/s
 PREPARE_CHUNK = 200  # jobs (with their invocations) per save while preparing
 
 
-def submitted_dispatches(svc: CurationService, n: int) -> list[Dispatch]:
+def submitted_dispatches(
+    svc: CurationService,
+    n: int,
+    spec: Mapping[str, Any] | None = None,
+    chunk: int = PREPARE_CHUNK,
+) -> list[Dispatch]:
     """n submitted jobs, as create_job + submit would leave them (Created, Submitted; the
-    invocation Started), saved PREPARE_CHUNK jobs per transaction."""
+    invocation Started), saved ``chunk`` jobs per transaction; ``spec`` as submitted_job's."""
     dispatches: list[Dispatch] = []
-    for first in range(0, n, PREPARE_CHUNK):
+    for first in range(0, n, chunk):
         aggregates: list[CurationJob | Invocation] = []
-        for index in range(first, min(first + PREPARE_CHUNK, n)):
-            job, invocation = submitted_job(svc, index)
+        for index in range(first, min(first + chunk, n)):
+            job, invocation = submitted_job(svc, index, spec)
             aggregates += [job, invocation]
             dispatches.append(
                 Dispatch(job.id, invocation.id, invocation.expected_version, job.attempt)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.postgres import PostgresFactory
 
 from domain import CurationService, Dispatch
 from domain.store_url import parse_store_url
@@ -26,16 +27,44 @@ from scripts.bench.harness import (
 )
 from scripts.bench.stores import ScratchStore, open_store, scratch_stores
 
+# The library's PostgreSQL option: events inserted by a database function (one statement in
+# autocommit, no table lock, and the recorder's _insert_events hook skipped).
+DB_FUNCTIONS_BACKEND = "postgresql+db_functions"
+DB_FUNCTIONS_ENV = {PostgresFactory.POSTGRES_ENABLE_DB_FUNCTIONS: "y"}
+
 
 def measure(bench: Bench) -> list[Measurement]:
     sizes = bench.config.sizes
     n = {"memory": sizes.completions_memory, "sqlite": sizes.completions_sqlite,
          "postgresql": sizes.completions_postgres}  # fmt: skip
     backends = ["memory", *bench.config.backends]
-    return [
+    results = [
         measure_completions(store, n[store.backend], sizes)
         for store in scratch_stores(bench, GUARDED, backends)
     ]
+    if bench.config.pg_url:
+        # The bare loop in a schema of its own: the library names its insert function after the
+        # schema and not the table, so a second application in one schema would replace the
+        # service's function with its own (the service's events going into the bare table).
+        for store, bare in zip(
+            scratch_stores(bench, GUARDED, ["postgresql"]),
+            scratch_stores(bench, GUARDED, ["postgresql"]),
+            strict=True,
+        ):
+            variant, bare_variant = (
+                replace(s, backend=DB_FUNCTIONS_BACKEND, env={**s.env, **DB_FUNCTIONS_ENV})
+                for s in (store, bare)
+            )
+            results.append(measure_completions(variant, n["postgresql"], sizes, bare_variant))
+    return results
+
+
+def open_scratch(store: ScratchStore) -> CurationService:
+    """The store as bootstrap opens it, or, for a variant with library options of its own
+    (``store.env`` beyond what its URL says), the service over that env."""
+    if store.backend == DB_FUNCTIONS_BACKEND:
+        return CurationService(store.env, url=store.url)
+    return open_store(store.url)
 
 
 class _Counter(Aggregate):
@@ -112,11 +141,14 @@ class _CompletionPaths:
         self.bare.save(first, second)
 
 
-def measure_completions(store: ScratchStore, n: int, sizes: Sizes) -> Measurement:
+def measure_completions(
+    store: ScratchStore, n: int, sizes: Sizes, bare_store: ScratchStore | None = None
+) -> Measurement:
+    """``bare_store``: where the bare loops keep their events (default: beside the service's)."""
     load = load_average()
     warmup = max(2, n // 10)
-    svc = open_store(store.url)
-    bare = _BareApp(bare_env(store))
+    svc = open_scratch(store)
+    bare = _BareApp(bare_env(bare_store or store))
     try:
         paths = _CompletionPaths(svc, bare)
         paths.prepare(n + warmup)

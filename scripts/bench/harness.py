@@ -23,12 +23,23 @@ RACE = "race_jobs_per_second"
 REBUILD = "rebuild_job_status_vs_raw_scan"
 AUDIT = "audit_timeline_10k"
 BATCHED = "completions_per_second_batched"
-MEASUREMENT_NAMES: tuple[str, ...] = (GUARDED, SANDBOX, CYCLES, RACE, REBUILD, AUDIT, BATCHED)
+TRANSACTIONS = "transactions_per_cycle"
+WORKERS = "worker_processes"
+CURVE = "cost_curve"
+MEASUREMENT_NAMES: tuple[str, ...] = (
+    GUARDED, SANDBOX, CYCLES, RACE, REBUILD, AUDIT, BATCHED, TRANSACTIONS, WORKERS, CURVE
+)  # fmt: skip
+# The cost curve's results are named apart: the completion path and the worker's start.
+CURVE_COMPLETION = "cost_curve_completion"
+CURVE_START = "cost_curve_worker_start"
 SKIPPED_WHEN_QUICK = frozenset({RACE})  # unless named with --only
-USES_POSTGRES = frozenset({GUARDED, REBUILD, AUDIT, BATCHED})  # with --pg; BATCHED only there
+# With --pg; BATCHED and WORKERS only there.
+USES_POSTGRES = frozenset({GUARDED, REBUILD, AUDIT, BATCHED, TRANSACTIONS, WORKERS, CURVE})
 
 TIME_UNIT = "us"
+COUNT_UNIT = "transactions/cycle"
 RATE_UNITS = frozenset({"ops/s", "cycles/s", "jobs/s", "events/s", "completions/s"})
+LOWER_IS_BETTER = frozenset({TIME_UNIT, COUNT_UNIT})
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -91,7 +102,7 @@ class Measurement:
 
     @property
     def better(self) -> Better:
-        return "lower" if self.unit == TIME_UNIT else "higher"
+        return "lower" if self.unit in LOWER_IS_BETTER else "higher"
 
     @property
     def ratio(self) -> float:
@@ -201,6 +212,11 @@ class Sizes:
     batched_completions: int  # completions through complete_batch, in batches of BATCH_SIZE
     single_completions: int  # completions one by one (the baseline)
     batched_rounds: int
+    transaction_jobs: int  # job cycles whose transactions are counted
+    worker_jobs: int  # jobs the 1, 2 and 4 worker processes run
+    curve_events: int  # events in the store at the cost curve's first point (then x10)
+    curve_completions: int  # guarded completions timed at each point
+    curve_start_rounds: int  # worker starts timed at each point
 
     def scaled(self, factor: float) -> Sizes:
         """Every count times ``factor``, at least 2 (rounds at least 1, batches at least 2)."""
@@ -231,6 +247,11 @@ QUICK = Sizes(
     batched_completions=1000,
     single_completions=300,
     batched_rounds=2,
+    transaction_jobs=50,
+    worker_jobs=100,
+    curve_events=1000,
+    curve_completions=200,
+    curve_start_rounds=1,
 )
 FULL = Sizes(
     completions_memory=6000,
@@ -252,6 +273,11 @@ FULL = Sizes(
     batched_completions=4000,
     single_completions=1000,
     batched_rounds=4,
+    transaction_jobs=200,
+    worker_jobs=600,
+    curve_events=10_000,
+    curve_completions=1000,
+    curve_start_rounds=3,
 )
 
 
@@ -265,6 +291,9 @@ class BenchConfig:
     pg_url: str | None = None  # adds the PostgreSQL backend to the store-bound measurements
     # The rebuild's log size when set (``sequent bench --events N``); else the sizes' own.
     rebuild_events: int | None = None
+    # The cost curve's points, events in the store (``sequent bench --curve N,N``); else the
+    # sizes' first point and ten times it.
+    curve: tuple[int, ...] | None = None
 
     @property
     def sizes(self) -> Sizes:
@@ -276,6 +305,13 @@ class BenchConfig:
         if self.rebuild_events is not None:
             return self.rebuild_events
         return self.sizes.rebuild_events
+
+    @property
+    def curve_points(self) -> tuple[int, ...]:
+        if self.curve is not None:
+            return self.curve
+        first = self.sizes.curve_events
+        return (first, first * 10)
 
     @property
     def backends(self) -> list[str]:

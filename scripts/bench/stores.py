@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -84,12 +85,14 @@ def drop_schema(env: dict[str, str], schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
-def submitted_job(svc: CurationService, index: int) -> tuple[CurationJob, Invocation]:
+def submitted_job(
+    svc: CurationService, index: int, spec: Mapping[str, Any] | None = None
+) -> tuple[CurationJob, Invocation]:
     """A job as create_job + submit leave it (Created, Submitted) and its invocation
     (Started), built by the aggregates' own commands and not yet saved, so a measurement can
-    save many in one transaction."""
-    job = CurationJob(
-        **TRANSITIONS["Create"].validate({"spec": {"target": f"https://bench.example/{index}"}})
-    )
+    save many in one transaction. ``spec`` adds to the job's target (e.g. its session
+    service, for a worker to run it)."""
+    full_spec = {"target": f"https://bench.example/{index}", **(spec or {})}
+    job = CurationJob(**TRANSITIONS["Create"].validate({"spec": full_spec}))
     job.perform("Submit", TRANSITIONS["Submit"].validate(None))
     return job, svc._start_invocation(job)

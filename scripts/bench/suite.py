@@ -10,16 +10,30 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from domain.store_url import parse_store_url
-from scripts.bench import audit, batched, completions, cycles, race, rebuild, sandbox
+from scripts.bench import (
+    audit,
+    batched,
+    completions,
+    curve,
+    cycles,
+    race,
+    rebuild,
+    sandbox,
+    transactions,
+    workers,
+)
 from scripts.bench.harness import (
     AUDIT,
     BATCHED,
+    CURVE,
     CYCLES,
     GUARDED,
     RACE,
     REBUILD,
     SANDBOX,
+    TRANSACTIONS,
     USES_POSTGRES,
+    WORKERS,
     Bench,
     BenchConfig,
     Measurement,
@@ -35,6 +49,9 @@ MEASURES: Mapping[str, Callable[[Bench], list[Measurement]]] = {
     REBUILD: rebuild.measure,
     AUDIT: audit.measure,
     BATCHED: batched.measure,
+    TRANSACTIONS: transactions.measure,
+    WORKERS: workers.measure,
+    CURVE: curve.measure,
 }
 
 
