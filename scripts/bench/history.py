@@ -1,6 +1,7 @@
 """A long history in a store, quickly: finished jobs and their invocations, real events of the
 real aggregates, encoded by the service's own mapper and written through the library's recorder
-(``EventStore.put``: one ``insert_events`` transaction per PUT_EVENTS stored events).
+(``EventStore.put``: one ``insert_events`` transaction per PUT_EVENTS stored events, with the
+work table's changes, as ``CurationService`` saves them).
 
 Each job goes the whole way a worker takes it (create, configure, submit; its invocation
 Started, Claimed, Finished, Applied; SessionSpawned, Complete, FinalizeCompletion), so the
@@ -20,6 +21,7 @@ from domain.job import CurationJob
 from domain.outcomes import Applied
 from domain.service import completion_values
 from domain.transitions import TRANSITIONS
+from domain.work import changes_of
 
 EVENTS_PER_JOB = 10  # 6 of the job's (Created .. Completed), 4 of its invocation's
 PUT_EVENTS = 5000  # stored events per insert_events transaction
@@ -70,7 +72,7 @@ def fill_history(svc: CurationService, events: int) -> Filled:
     for index in range(jobs):
         pending += finished_job_events(svc, index, now)
         if len(pending) >= PUT_EVENTS or index == jobs - 1:
-            svc.events.put(pending)
+            svc.events.put(pending, work=changes_of(pending))  # as CurationService.save does
             written += len(pending)
             pending = []
     return Filled(jobs, written, time.perf_counter() - started)

@@ -13,7 +13,8 @@ recorder, follower and policy read of the app is seen, and nothing else on the s
   DELETE, LOCK, DDL, or the library's insert_events database function).
 
 The measurement counts one batch of job cycles in-process, wired by bootstrap.build_system: the
-operator side (create, configure, submit, one by one) and the worker side (one
+operator side (create, configure, submit for the batch in one ``start_jobs``; one by one in the
+details) and the worker side (one
 ``Dispatcher.run_once`` over the batch: its look at the queue, claims, policy reads, guarded
 completions), against the bare loop of cycles.py (create -> configure -> submit -> complete,
 one by one, with no claim, sandbox or policy).
@@ -159,22 +160,28 @@ def measure_transactions(store: ScratchStore, jobs: int, sessions: SessionServic
         dispatcher = system.dispatcher(reconcile_interval=None)
         spec = {"session_service": sessions.url}
 
-        def operator(count: int) -> None:
-            for index in range(count):
-                job_id = svc.create_job({**spec, "target": f"https://bench.example/{index}"})
+        def specs(count: int) -> list[dict[str, Any]]:
+            return [{**spec, "target": f"https://bench.example/{i}"} for i in range(count)]
+
+        def one_by_one(count: int) -> None:
+            for job_spec in specs(count):
+                job_id = svc.create_job(job_spec)
                 svc.configure(job_id, {"priority": "normal"})
                 svc.submit(job_id)
 
-        operator(2)  # warm-up: the module compiled, the policy read, the queue looked at
+        one_by_one(2)  # warm-up: the module compiled, the policy read, the queue looked at
         anyio.run(dispatcher.run_once)
         applied_before = dispatcher.stats.applied
         started = time.perf_counter()
         with counting_transactions(svc) as submitting:
-            operator(jobs)
+            svc.start_jobs(specs(jobs), {"priority": "normal"})
         with counting_transactions(svc) as working:
             anyio.run(dispatcher.run_once)
         per_job_us = (time.perf_counter() - started) / jobs * 1e6
         applied = dispatcher.stats.applied - applied_before
+        with counting_transactions(svc) as submitting_one_by_one:
+            one_by_one(jobs)
+        anyio.run(dispatcher.run_once)
         with counting_transactions(svc) as bare:
             bare_cycles(svc, jobs)
     finally:
@@ -193,7 +200,9 @@ def measure_transactions(store: ScratchStore, jobs: int, sessions: SessionServic
         target=Target(TRANSACTIONS_TARGET, "value", "<="),
         notes=(
             f"value: write transactions per job cycle, amortised over {jobs} cycles: the "
-            "operator's create, configure and submit (one by one), then one Dispatcher.run_once "
+            "operator's create, configure and submit for the batch (start_jobs, one "
+            "transaction; one by one in details: operator_one_by_one), then one "
+            "Dispatcher.run_once "
             "over the batch (claim, sandbox, Cedar, POST to a loopback session service, guarded "
             "SessionSpawned), counted in the service's own datastore (a counting subclass: per "
             "SQLite transaction, per PostgreSQL connection checkout); baseline: the bare "
@@ -207,6 +216,7 @@ def measure_transactions(store: ScratchStore, jobs: int, sessions: SessionServic
             "jobs": jobs,
             "applied": applied,
             "operator": submitting.per(jobs),
+            "operator_one_by_one": submitting_one_by_one.per(jobs),
             "worker": working.per(jobs),
             "total_per_cycle": total,
             "reads_per_cycle": total - writes,
