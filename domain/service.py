@@ -60,7 +60,7 @@ from domain.transitions import (
 )
 from domain.values import check_json
 from domain.views import HistoryEntry, InvocationView, JobView
-from domain.work import WorkTable, changes_of, fill_from_log, overdue_before
+from domain.work import WorkTable, changes_of, fill_from_log, overdue_before, work_drift
 
 T = TypeVar("T")
 
@@ -462,6 +462,11 @@ class CurationService(Application[UUID]):
         the work table says; ``expire`` decides again on each loaded job."""
         with self._store_call():
             return self.work.overdue_jobs(overdue_before(now, timeouts, skip), limit)
+
+    def work_drift(self) -> list[str]:
+        """Where the work table differs from a fold of the log (``domain.work.work_drift``)."""
+        with self._store_call():
+            return work_drift(self.work, self.recorder, self.mapper)
 
     def open_runs(self) -> list[UUID]:
         """Every invocation started and not finished (the work table's runs)."""

@@ -35,7 +35,7 @@ from domain.batch_reads import (
     SQLiteBatchApplicationRecorder,
 )
 from domain.log import indexed_topics_sql
-from domain.work import WorkChanges
+from domain.work import WorkChanges, WorkRows
 
 RUNS = "sequent_runs"
 TIMERS = "sequent_timers"
@@ -79,6 +79,8 @@ class WorkSQL:
             f"ORDER BY since LIMIT {m}"
         )
         self.open_runs = f"SELECT invocation_id FROM {runs} ORDER BY opened_at, invocation_id"
+        self.runs = f"SELECT invocation_id, job_id, opened_at, available_at FROM {runs}"
+        self.timers = f"SELECT job_id, state, since FROM {timers}"
         self.built = f"SELECT built FROM {built}"
         self.mark_built = f"INSERT INTO {built} (built) VALUES (1) ON CONFLICT DO NOTHING"
 
@@ -162,6 +164,14 @@ class SQLiteStoreRecorder(SQLiteBatchApplicationRecorder):
             c.execute(self.work_sql.open_runs)
             return [UUID(r[0]) for r in c.fetchall()]
 
+    def work_rows(self) -> WorkRows:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.work_sql.runs)
+            runs = {UUID(r[0]): (UUID(r[1]), r[2], r[3]) for r in c.fetchall()}
+            c.execute(self.work_sql.timers)
+            timers = {UUID(r[0]): (r[1], r[2]) for r in c.fetchall()}
+        return WorkRows(runs, timers)
+
     def work_built(self) -> bool:
         with self.datastore.transaction(commit=False) as c:
             c.execute(self.work_sql.built)
@@ -244,6 +254,17 @@ class PostgresStoreRecorder(PostgresBatchApplicationRecorder):
             curs.execute(self.work_sql.open_runs)
             return [r["invocation_id"] for r in curs.fetchall()]
 
+    def work_rows(self) -> WorkRows:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.work_sql.runs)
+            runs = {
+                r["invocation_id"]: (r["job_id"], r["opened_at"], r["available_at"])
+                for r in curs.fetchall()
+            }
+            curs.execute(self.work_sql.timers)
+            timers = {r["job_id"]: (r["state"], r["since"]) for r in curs.fetchall()}
+        return WorkRows(runs, timers)
+
     def work_built(self) -> bool:
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.work_sql.built)
@@ -279,7 +300,8 @@ class POPOStoreRecorder(POPOApplicationRecorder):
 
     def __init__(self) -> None:
         super().__init__()
-        self._runs: dict[UUID, list[Any]] = {}  # id -> [job, available_at, reserved_until]
+        # id -> [job, available_at, reserved_until, opened_at]
+        self._runs: dict[UUID, list[Any]] = {}
         self._timers: dict[UUID, tuple[str, float]] = {}
         self._work_lock: RLock = self._database_lock
 
@@ -294,8 +316,8 @@ class POPOStoreRecorder(POPOApplicationRecorder):
             return ids
 
     def _write(self, work: WorkChanges) -> None:
-        for run, (job, _, at) in work.opened.items():
-            self._runs[run] = [job, at, self._runs.get(run, [0, 0, 0.0])[2]]
+        for run, (job, opened, at) in work.opened.items():
+            self._runs[run] = [job, at, self._runs.get(run, [0, 0, 0.0])[2], opened]
         for run, at in work.leased.items():
             if run in self._runs:
                 self._runs[run][1] = at
@@ -325,6 +347,11 @@ class POPOStoreRecorder(POPOApplicationRecorder):
     def open_runs(self) -> list[UUID]:
         with self._work_lock:
             return list(self._runs)  # in the order they were started
+
+    def work_rows(self) -> WorkRows:
+        with self._work_lock:
+            runs = {run: (row[0], row[3], row[1]) for run, row in self._runs.items()}
+            return WorkRows(runs, dict(self._timers))
 
     def work_built(self) -> bool:
         return True  # a memory store starts empty, with its work table

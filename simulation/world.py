@@ -490,6 +490,26 @@ class World:
             if session_id not in self.sessions.live:
                 raise Violation("4", f"{job.label} holds {session_id}, which was stopped "
                                 f"(by {self.sessions.deleted.get(session_id)})")  # fmt: skip
+        self._check_work_table()
+
+    def _check_work_table(self) -> None:
+        """The runs the work table would offer a worker now are the model's unfinished runs
+        whose lease (if any) has run out: what workers find their work by."""
+        now = self.clock.now.timestamp()
+        rows = self.service.work.work_rows().runs
+        offered = {run for run, (_, _, available_at) in rows.items() if available_at <= now}
+        free = {
+            run_id
+            for run_id, run in self.model.runs.items()
+            if not run.finished and (run.lease_until is None or run.lease_until.timestamp() <= now)
+        }
+        if set(rows) != {r for r, run in self.model.runs.items() if not run.finished}:
+            raise Violation("work table", f"open runs {len(rows)} differ from the model's")
+        if offered != free:
+            labels = sorted(self.model.runs[r].label for r in offered ^ free)
+            raise Violation(
+                "work table", f"would offer {len(offered)} runs, the model {len(free)}: {labels}"
+            )
 
     def _written_since(self, position: int) -> dict[UUID, None]:
         """The jobs with an event recorded after ``position`` of the log, in log order."""
@@ -555,7 +575,11 @@ class World:
 
     def check_final(self) -> None:
         """Nothing in flight, a reconciliation past the grace period: live == held, every
-        stop recorded once, every invocation's verdicts as the model's."""
+        stop recorded once, every invocation's verdicts as the model's, and the work table
+        a fold of the log (what workers find their runs and deadlines by)."""
+        drift = self.service.work_drift()
+        if drift:
+            raise Violation("work table", f"{len(drift)} row(s) off the log: {drift[0]}")
         live, held = sorted(self.sessions.live), sorted(self.model.held())
         if live != held:
             raise Violation("4", f"live sessions {live} != sessions jobs hold {held}")

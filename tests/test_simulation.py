@@ -16,6 +16,7 @@ import domain.service
 import integrations.dispatcher
 from domain import CurationService, Dispatch
 from domain.invocation import Invocation
+from domain.work import WorkChanges
 from integrations.reconcile import Reconciler, ReconcileReport
 from projections import Projections
 from simulation import run_seed, simulate
@@ -173,3 +174,27 @@ def test_without_the_dispatch_check_a_garbled_completion_settles_a_run(
     found = first_violation()
     assert found is not None  # seed 2: a dispatch naming another job is recorded as a discard
     assert found[1].startswith("invariant 6")
+
+
+def test_a_work_table_that_forgets_leases_would_offer_a_held_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(WorkChanges, "_lease", lambda self, run, until: None)
+    found = first_violation()
+    assert found is not None  # seed 0: a run just claimed is offered to every worker again
+    assert found[1].startswith("invariant work table: would offer")
+
+
+def test_a_work_table_that_forgets_finished_runs_would_offer_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = WorkChanges._run
+
+    def keeps_finished(self: WorkChanges, event: Any) -> None:
+        if type(event).__name__ != "Finished":
+            original(self, event)
+
+    monkeypatch.setattr(WorkChanges, "_run", keeps_finished)
+    found = first_violation()
+    assert found is not None
+    assert found[1].startswith("invariant work table: open runs")

@@ -106,26 +106,6 @@ def test_workers_asking_at_once_are_offered_different_runs(shared_store_url: str
 # -- kept in step with the log ---------------------------------------------------------------
 
 
-def work_rows(svc: CurationService) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The work table's rows as stored (less reservations, which the log does not say)."""
-    recorder = svc.recorder
-    runs, timers = RUNS, TIMERS
-    if isinstance(recorder, PostgresStoreRecorder):
-        schema = f'"{recorder.datastore.schema}".'
-        runs, timers = schema + runs, schema + timers
-    queries = (
-        f"SELECT invocation_id, job_id, opened_at, available_at FROM {runs} ORDER BY 1",
-        f"SELECT job_id, state, since FROM {timers} ORDER BY 1",
-    )
-    found: list[list[tuple[Any, ...]]] = []
-    with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-        for query in queries:
-            cursor.execute(query)
-            rows = cursor.fetchall()
-            found.append([tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows])
-    return found[0], found[1]
-
-
 def drop_work_table(svc: CurationService) -> None:
     """Makes the store look like one written before the work table existed."""
     recorder = svc.recorder
@@ -155,22 +135,46 @@ def history_of_every_kind(svc: CurationService) -> None:
     svc.complete(e, "SessionSpawned", {"session_id": "s-e"})  # a duplicate: finished already
 
 
-def test_the_table_built_from_the_log_equals_the_one_kept_with_it(shared_store_url: str) -> None:
+def test_the_table_kept_with_the_events_is_a_fold_of_the_log(svc: CurationService) -> None:
+    history_of_every_kind(svc)
+    kept = svc.work.work_rows()
+    # Open: b (claimed), d's first run (its job failed under it) and its second. Timed: every
+    # job but c (failed), and the one never submitted (Queued).
+    assert (len(kept.runs), len(kept.timers)) == (3, 5)
+    assert svc.work_drift() == []
+
+
+def test_a_store_from_before_the_table_gets_it_filled_from_its_log(shared_store_url: str) -> None:
     svc = open_service(Settings(store_url=shared_store_url))
     try:
         history_of_every_kind(svc)
-        kept = work_rows(svc)
-        # Open: b (claimed), d's first run (its job failed under it) and its second. Timed:
-        # every job but c (failed), and the one never submitted (Queued).
-        assert (len(kept[0]), len(kept[1])) == (3, 5)
+        kept = svc.work.work_rows()
         drop_work_table(svc)
     finally:
         svc.close()
     reopened = open_service(Settings(store_url=shared_store_url))
     try:
-        assert work_rows(reopened) == kept
+        assert reopened.work.work_rows() == kept
     finally:
         reopened.close()
+
+
+def test_drift_names_a_row_the_log_does_not_explain(shared_store_url: str) -> None:
+    svc = open_service(Settings(store_url=shared_store_url))
+    try:
+        [kept, lost] = svc.start_jobs([{"n": 1}, {"n": 2}])
+        prefix = ""
+        if isinstance(svc.recorder, PostgresStoreRecorder):
+            prefix = f'"{svc.recorder.datastore.schema}".'
+        key = lost.invocation_id if prefix else str(lost.invocation_id)
+        with svc.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+            mark = "%s" if prefix else "?"
+            cursor.execute(f"DELETE FROM {prefix}{RUNS} WHERE invocation_id = {mark}", (key,))
+        [line] = svc.work_drift()
+    finally:
+        svc.close()
+    assert line.startswith(f"run {lost.invocation_id}: work table None, log (")
+    assert str(kept.invocation_id) not in line
 
 
 # -- group commit ----------------------------------------------------------------------------
