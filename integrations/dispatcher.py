@@ -140,6 +140,7 @@ class DispatchStats:
     applied: int = 0
     discarded: dict[str, int] = field(default_factory=dict)
     compensated: int = 0
+    discarded_sessions: int = 0  # discarded successes: sessions left to compensate
     leased_elsewhere: int = 0
     errors: int = 0
     timeouts: int = 0
@@ -443,6 +444,8 @@ class Dispatcher:
         observed.completed(action, verdict)
         self._inflight.pop(dispatch.invocation_id, None)
         self.stats.count(verdict)
+        if isinstance(verdict, Discarded) and action == self.declaration.on_success:
+            self.stats.discarded_sessions += 1
         return Completion(action, params, verdict)
 
     def compensate(

@@ -254,6 +254,7 @@ def figures(
         "applied": stats.applied,
         "discarded": sum(stats.discarded.values()),
         "discarded_by_reason": dict(sorted(stats.discarded.items())),
+        "discarded_sessions": stats.discarded_sessions,
         "compensated": stats.compensated,
         "denied": denied(system),
         "orphan_sessions": sum(1 for s in live if s not in owned),
