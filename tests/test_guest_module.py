@@ -296,7 +296,7 @@ def test_a_down_service_is_an_http_error(
     sessions.down()
     run = harness.run(invocation(sessions.url), forward_to(client))
     assert run.output["error"]["kind"] == "http_error"
-    assert "ConnectError" in run.output["error"]["message"]
+    assert "Connection refused" in run.output["error"]["message"]
 
 
 @pytest.mark.parametrize(

@@ -302,7 +302,7 @@ def test_nothing_listening_is_a_typed_error() -> None:
     ):
         client.create({})
     assert info.value.kind == "http_error"
-    assert "ConnectError" in info.value.message
+    assert "Connection refused" in info.value.message
 
 
 def test_timeout_is_a_typed_error() -> None:
