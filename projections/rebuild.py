@@ -10,14 +10,14 @@ from contextlib import suppress
 from dataclasses import dataclass
 from time import perf_counter
 
-from domain.log import LogReader, Notice
+from domain.log import LogReader, Page
 from domain.store_errors import STORE_ERRORS
 from projections.gc_pause import gc_paused
 from projections.progress import ProgressCallback
 from projections.projection import Projection
 from projections.recorders import Fetch, KeepLock, ReadModels, Swapped
 
-REBUILD_BATCH = 5000
+REBUILD_BATCH = 50_000
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _replay_and_swap(
 
 
 def _fetch(log: LogReader, projection: Projection, batch_size: int) -> Fetch:
-    def fetch(after: int, upto: int) -> Iterator[list[Notice]]:
+    def fetch(after: int, upto: int) -> Iterator[Page]:
         for batch, _ in log.batches(after, upto, projection.topics, batch_size):
             yield batch
 
