@@ -192,20 +192,30 @@ class Page(Sequence[Notice]):
     those of a few topics), and making an object of every row would cost it more than reading
     the rows does."""
 
-    __slots__ = ("_all", "_canonical", "_mapper", "_rows")
+    __slots__ = ("_all", "_canonical", "_mapper", "_rows", "rows_read")
 
     def __init__(
-        self, rows: list[Row], mapper: Mapper[Any], canonical: Callable[[str], str] = str
+        self,
+        rows: list[Row],
+        mapper: Mapper[Any],
+        canonical: Callable[[str], str] = str,
+        rows_read: int | None = None,
     ) -> None:
         self._rows = rows
         self._mapper = mapper
         self._canonical = canonical  # a stored aggregate id -> its canonical text
         self._all: list[Notice] | None = None
+        # The notifications read to make it: more than it holds where a Keep dropped some.
+        self.rows_read = len(rows) if rows_read is None else rows_read
 
     @classmethod
     def of(cls, batch: Iterable[Notification], mapper: Mapper[Any]) -> Page:
         rows = [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state) for n in batch]
         return cls(rows, mapper)
+
+    @property
+    def rows(self) -> list[Row]:
+        return self._rows
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -236,6 +246,13 @@ class Page(Sequence[Notice]):
         """The notices of ``topics``, in order."""
         return self._notices([row for row in self._rows if row[3] in topics])
 
+    def lasts_and(self, topics: Container[str]) -> Page:
+        """The last notice of each aggregate and every notice of ``topics``, in order."""
+        last = {row[1]: row[0] for row in self._rows}.values()
+        kept = set(last)
+        rows = [row for row in self._rows if row[0] in kept or row[3] in topics]
+        return Page(rows, self._mapper, self._canonical)
+
     def after(self, position: int, topics: Container[str]) -> Page:
         """The page's notices of ``topics`` after ``position``, as a page."""
         rows = [row for row in self._rows if row[0] > position and row[3] in topics]
@@ -256,7 +273,17 @@ class Page(Sequence[Notice]):
 # What each store's query selects, as a Row (a benchmark's bare scan selects the same).
 SQLITE_COLUMNS = "rowid, originator_id, originator_version, topic, state"
 POSTGRES_COLUMNS = "notification_id, originator_id::text, originator_version, topic, state"
-POSTGRES_WINDOW = 5000  # notification ids per query (see PostgresLogReader)
+# Rows a read takes from the driver at a time, however large its batch: a few thousand rows
+# are made and dropped faster than tens of thousands (they stay in the CPU's caches).
+READ_PAGE = 5000
+
+Keep = Callable[[Page], Page]
+"""What of each page of a read its caller needs (``Page.lasts_and``, say): the read holds only
+that, so a large batch costs no more memory than the rows its fold will look at."""
+
+
+def _whole(page: Page) -> Page:
+    return page
 
 
 class LogReader:
@@ -267,7 +294,9 @@ class LogReader:
     def head(self) -> int:
         return self.recorder.max_notification_id() or 0
 
-    def read(self, after: int, upto: int, topics: Sequence[str], limit: int) -> tuple[Page, int]:
+    def read(
+        self, after: int, upto: int, topics: Sequence[str], limit: int, keep: Keep = _whole
+    ) -> tuple[Page, int]:
         """At most ``limit`` notices of ``topics`` in (after, covered], in log order, and
         ``covered`` (at most ``upto``): the position up to which nothing else is to be read."""
         page = Page.of(
@@ -276,15 +305,22 @@ class LogReader:
             ),
             self.mapper,
         )
-        return page, _covered(page, limit, upto)
+        covered = page[-1].id if len(page) == limit else upto
+        kept = keep(page)
+        return Page(kept.rows, self.mapper, rows_read=len(page)), covered
 
     def batches(
-        self, after: int, upto: int, topics: Sequence[str], limit: int = 1000
+        self,
+        after: int,
+        upto: int,
+        topics: Sequence[str],
+        limit: int = 1000,
+        keep: Keep = _whole,
     ) -> Iterator[tuple[Page, int]]:
         """(batch, position it covers up to) for every notice of ``topics`` in (after, upto];
         the last batch covers up to ``upto`` exactly, even where no notice of the topics is."""
         while after < upto:
-            batch, covered = self.read(after, upto, topics, limit)
+            batch, covered = self.read(after, upto, topics, limit, keep)
             yield batch, covered
             after = covered
 
@@ -296,10 +332,6 @@ class LogReader:
             yield from batch
 
 
-def _covered(page: Page, limit: int, upto: int) -> int:
-    return page[-1].id if len(page) == limit else upto
-
-
 def _canonical_uuid(hex32: str) -> str:
     return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
 
@@ -309,7 +341,9 @@ class SQLiteLogReader(LogReader):
 
     recorder: SQLiteApplicationRecorder
 
-    def read(self, after: int, upto: int, topics: Sequence[str], limit: int) -> tuple[Page, int]:
+    def read(
+        self, after: int, upto: int, topics: Sequence[str], limit: int, keep: Keep = _whole
+    ) -> tuple[Page, int]:
         marks = ",".join("?" * len(topics))
         sql = (
             f"SELECT {SQLITE_COLUMNS} "
@@ -317,24 +351,32 @@ class SQLiteLogReader(LogReader):
             + (f"AND topic IN ({marks}) " if topics else "")
             + "ORDER BY rowid LIMIT ?"
         )
+        kept: list[Row] = []
+        read, last = 0, after
         with self.recorder.datastore.transaction(commit=False) as c:
             cursor = c.sqlite_cursor
             cursor.row_factory = None  # plain tuples
             cursor.execute(sql, (after, upto, *topics, limit))
-            page = Page(cursor.fetchall(), self.mapper, _canonical_uuid)
-        return page, _covered(page, limit, upto)
+            while rows := cursor.fetchmany(READ_PAGE):
+                read += len(rows)
+                last = rows[-1][0]
+                kept += keep(Page(rows, self.mapper, _canonical_uuid)).rows
+        page = Page(kept, self.mapper, _canonical_uuid, rows_read=read)
+        return page, last if read == limit else upto
 
 
 class PostgresLogReader(LogReader):
-    """Reads the log in windows of at most POSTGRES_WINDOW notification ids, ``limit`` ids a
-    batch. A bounded id range keeps PostgreSQL on the notification_id index whatever its
-    statistics say (an open range with a topic filter can be planned as a scan of every later
-    row and a sort, once per batch), and a window's rows come back faster than a large
-    result's. Binary transfer: the state's bytes as they are, not as hex text to decode."""
+    """Reads the log in windows of at most READ_PAGE notification ids, ``limit`` ids a batch.
+    A bounded id range keeps PostgreSQL on the notification_id index whatever its statistics
+    say (an open range with a topic filter can be planned as a scan of every later row and a
+    sort, once per batch), and a window's rows come back faster than a large result's. Binary
+    transfer: the state's bytes as they are, not as hex text to decode."""
 
     recorder: PostgresApplicationRecorder
 
-    def read(self, after: int, upto: int, topics: Sequence[str], limit: int) -> tuple[Page, int]:
+    def read(
+        self, after: int, upto: int, topics: Sequence[str], limit: int, keep: Keep = _whole
+    ) -> tuple[Page, int]:
         end = min(after + limit, upto)
         table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
         sql = (
@@ -344,15 +386,18 @@ class PostgresLogReader(LogReader):
             + "ORDER BY notification_id"
         )
         extra: tuple[Any, ...] = (list(topics),) if topics else ()
-        rows: list[Row] = []
+        kept: list[Row] = []
+        read = 0
         with (
             self.recorder.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row, binary=True) as cursor,
         ):
-            for start in range(after, end, POSTGRES_WINDOW):
-                cursor.execute(sql, (start, min(start + POSTGRES_WINDOW, end), *extra))
-                rows += cursor.fetchall()
-        return Page(rows, self.mapper), end
+            for start in range(after, end, READ_PAGE):
+                cursor.execute(sql, (start, min(start + READ_PAGE, end), *extra))
+                rows = cursor.fetchall()
+                read += len(rows)
+                kept += keep(Page(rows, self.mapper)).rows
+        return Page(kept, self.mapper, rows_read=read), end
 
 
 def log_reader(recorder: ApplicationRecorder, mapper: Mapper[Any]) -> LogReader:

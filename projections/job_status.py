@@ -40,6 +40,9 @@ class JobStatusProjection(Projection):
     topics = tuple(JOB_EVENT_STATES)
     tables = (JOB_STATUS,)
 
+    def kept(self, page: Page) -> Page:
+        return page.lasts_and(JOB_CARRIES)  # what writes reads
+
     def writes(self, batch: Page, lookup: Lookup) -> list[Write]:
         # Every job event sets state, version, position and time outright, so a job's row
         # follows its last event in the batch; attempt, session and current invocation are

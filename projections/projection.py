@@ -69,6 +69,11 @@ class Projection(ABC):
         """Every table kept for it, created, rebuilt and swapped together."""
         return (*self.tables, self.skipped)
 
+    def kept(self, page: Page) -> Page:
+        """What of a page of its notices the fold reads (all of it, unless a projection says
+        otherwise): a rebuild drops the rest as it reads, and folds what is left."""
+        return page
+
     @abstractmethod
     def writes(self, batch: Page, lookup: Lookup) -> list[Write]:
         """The writes that fold ``batch`` (this projection's topics only, in order) into it."""

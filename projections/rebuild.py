@@ -82,9 +82,9 @@ def _replay_and_swap(
             events, after, head = 0, 0, log.head()
             if progress:
                 progress(0, head)
-            for batch, upto in log.batches(0, head, projection.topics, batch_size):
+            for batch, upto in log.batches(0, head, projection.topics, batch_size, projection.kept):
                 store.apply(projection, batch, after=after, upto=upto, shadow=True)
-                events += len(batch)
+                events += batch.rows_read
                 after = upto
                 keep()
                 if progress:
@@ -99,7 +99,7 @@ def _replay_and_swap(
 
 def _fetch(log: LogReader, projection: Projection, batch_size: int) -> Fetch:
     def fetch(after: int, upto: int) -> Iterator[Page]:
-        for batch, _ in log.batches(after, upto, projection.topics, batch_size):
+        for batch, _ in log.batches(after, upto, projection.topics, batch_size, projection.kept):
             yield batch
 
     return fetch

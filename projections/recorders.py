@@ -476,7 +476,7 @@ class ReadModels(ABC):
             events = 0
             for batch in fetch(at, target):
                 self._write(c, projection, batch, shadow=True)
-                events += len(batch)
+                events += batch.rows_read
             live_error: str | None = None
             if live < target:
                 c.execute("SAVEPOINT live_catch_up")

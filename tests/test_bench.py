@@ -100,7 +100,7 @@ def test_meets_follows_target(quick_results: list[dict[str, Any]]) -> None:
         bench.GUARDED: ("ratio", ">=", 0.7),
         bench.SANDBOX: ("value", "<=", 200.0),
         bench.CYCLES: ("value", ">=", 1000.0),
-        bench.REBUILD: ("ratio", ">=", 0.5),
+        bench.REBUILD: ("ratio", ">=", 0.8),
         bench.AUDIT: ("value", "<=", 50_000.0),  # 50 ms, in us
     }
 
@@ -125,11 +125,11 @@ def test_rebuild_reports_both_scans_and_peak_rss(quick_results: list[dict[str, A
     m = next(m for m in quick_results if m["name"] == bench.REBUILD)
     details = m["details"]
     assert m["unit"] == "events/s"
-    assert m["baseline"] == pytest.approx(details["library_scan"]["rows_per_s"])
-    assert details["ratio_vs_library_scan"] == pytest.approx(m["ratio"])
-    bare = details["bare_cursor_scan"]["rows_per_s"]
-    assert bare > 0
-    assert details["ratio_vs_bare_cursor_scan"] == pytest.approx(m["value"] / bare)
+    assert m["baseline"] == pytest.approx(details["bare_cursor_scan"]["rows_per_s"])
+    assert details["ratio_vs_bare_cursor_scan"] == pytest.approx(m["ratio"])
+    library = details["library_scan"]["rows_per_s"]
+    assert library > 0
+    assert details["ratio_vs_library_scan"] == pytest.approx(m["value"] / library)
     assert details["events_in_log"] == details["job_events"] + details["invocation_events"]
     assert m["n"] == details["job_events"] * details["rounds"]  # every job event, each round
     assert details["checksums_equal"] is True

@@ -1,6 +1,7 @@
 """Rebuilding the job_status read model from the first notification (DESIGN.md §7), in events
-per second against two raw scans of the same log on the same backend: the library's own
-batched reader, and a bare driver cursor. Plus the rebuild's peak RSS, in a fresh interpreter.
+per second against two raw scans of the same log on the same backend: a bare driver cursor
+reading what the rebuild reads (the target's baseline), and the library's own batched reader.
+Plus the rebuild's peak RSS, in a fresh interpreter.
 
 The log is real domain events, written quickly (``fill_log``): jobs built by the aggregates'
 own commands and put straight into the event store, their progress interleaved as concurrent
@@ -29,10 +30,12 @@ from psycopg import sql
 
 from domain import CurationService
 from domain.job import CurationJob
+from domain.log import POSTGRES_COLUMNS, SQLITE_COLUMNS
 from domain.outcomes import Applied
 from domain.service import completion_values
 from domain.store_url import postgres_conninfo
 from integrations.modules.build import PROJECT_ROOT
+from projections.job_status import JobStatusProjection
 from projections.rebuild import REBUILD_BATCH
 from projections.runner import Projections
 from scripts.bench.harness import (
@@ -50,9 +53,10 @@ from scripts.bench.stores import ScratchStore, open_store, scratch_stores, submi
 EVENTS_PER_JOB = 100  # Created, Submitted, SessionSpawned and progress; 3 invocation events
 RUNNING_AT_ONCE = 500  # jobs whose progress interleaves in the log
 PUT_EVENTS = 5000  # events per transaction while filling the log
-SCAN_PAGE = 5000  # rows per page of both raw scans (the rebuild's batch size too)
+SCAN_PAGE = 5000  # rows per page of both raw scans
 REBUILD_RATE_TARGET = 100_000.0  # events/s on SQLite (DESIGN.md §7)
 RSS_TARGET_MB = 200.0  # peak RSS rebuilding LARGE_EVENTS events
+RATIO_TARGET = 0.8  # of the bare cursor's rows/s (DESIGN.md §7)
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,10 @@ def events_table(svc: CurationService) -> str:
 
 
 def bare_cursor_scan(store: ScratchStore, table: str) -> int:
-    """Every row of the notification table (the columns a rebuild reads), through a bare
-    driver cursor: sqlite3 on the file, or a psycopg server-side cursor; fetched in pages."""
+    """What a rebuild of job_status reads, through a bare driver cursor and nothing else: the
+    log reader's own SELECT (the same columns, the same topic filter; on PostgreSQL the same
+    binary transfer) over the whole notification table in one query, sqlite3 on the file or a
+    psycopg server-side cursor, fetched in pages of SCAN_PAGE rows and not decoded."""
     if store.backend == "sqlite":
         return _sqlite_scan(store.env["SQLITE_DBNAME"], table)
     return _postgres_scan(store.env, table)
@@ -139,11 +145,13 @@ def bare_cursor_scan(store: ScratchStore, table: str) -> int:
 
 def _sqlite_scan(path: str, table: str) -> int:
     rows = 0
+    topics = JobStatusProjection.topics
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         cursor = conn.execute(
-            "SELECT rowid, originator_id, originator_version, topic, state "
-            f'FROM "{table}" ORDER BY rowid'
+            f'SELECT {SQLITE_COLUMNS} FROM "{table}" '
+            f"WHERE topic IN ({','.join('?' * len(topics))}) ORDER BY rowid",
+            topics,
         )
         while page := cursor.fetchmany(SCAN_PAGE):
             rows += len(page)
@@ -155,15 +163,14 @@ def _sqlite_scan(path: str, table: str) -> int:
 def _postgres_scan(env: dict[str, str], table: str) -> int:
     rows = 0
     query = sql.SQL(
-        "SELECT notification_id, originator_id, originator_version, topic, state "
-        "FROM {}.{} ORDER BY notification_id"
+        f"SELECT {POSTGRES_COLUMNS} FROM {{}}.{{}} WHERE topic = ANY(%s) ORDER BY notification_id"
     ).format(sql.Identifier(env["POSTGRES_SCHEMA"]), sql.Identifier(table))
     with (
         psycopg.connect(postgres_conninfo(env)) as conn,
-        conn.cursor(name="sequent_bench_scan") as cursor,
+        conn.cursor(name="sequent_bench_scan", binary=True) as cursor,
     ):
         cursor.itersize = SCAN_PAGE
-        cursor.execute(query)
+        cursor.execute(query, (list(JobStatusProjection.topics),))
         while page := cursor.fetchmany(SCAN_PAGE):
             rows += len(page)
     return rows
@@ -296,29 +303,30 @@ def measure_rebuild(store: ScratchStore, events: int, rounds: int, step: Step) -
         backend=store.backend,
         unit="events/s",
         value=value,
-        baseline=library_rate,
+        baseline=bare_rate,
         n=counts["rebuild"],
         p50=batches.percentile_us(0.5),
         p99=batches.percentile_us(0.99),
-        target=Target(0.5, "ratio", ">="),
+        target=Target(RATIO_TARGET, "ratio", ">="),
         notes=(
             f"value: events/s of Projections.rebuild('job_status') (shadow tables, replay, swap "
             f"with both checksums; the live view already at the head) over a log of "
             f"{filled.events:,} real domain events ({filled.jobs:,} jobs of about "
             f"{EVENTS_PER_JOB}, {min(RUNNING_AT_ONCE, filled.jobs)} running at once, progress "
             "interleaved), counting the "
-            "job events it replays; baseline: rows/s of a raw scan of the whole notification "
-            "table through the library's NotificationLogReader (recorder.select_notifications) "
-            f"in pages of {SCAN_PAGE} "
-            "(ratio = value / baseline). The same table scanned by a bare driver cursor "
-            "(sqlite3 / psycopg server-side) is the second baseline: "
-            "details.ratio_vs_bare_cursor_scan. Interleaved in rotating rounds. "
+            "job events it replays; baseline: rows/s of a bare driver cursor (sqlite3 / psycopg "
+            "server-side) running the rebuild's own SELECT of the job events (the same columns, "
+            "topic filter and transfer format) over the whole notification table in one query, "
+            f"fetched in pages of {SCAN_PAGE}, nothing decoded (ratio = value / baseline). The "
+            "second baseline, every notification through the library's NotificationLogReader "
+            "(recorder.select_notifications): details.ratio_vs_library_scan. Interleaved in "
+            "rotating rounds. "
             "p50/p99: per rebuild batch (the last sample is the swap). details.peak_rss: the "
             "same rebuild in a fresh interpreter that opens the store through bootstrap, as "
             "`sequent rebuild` does "
             f"(target <= {RSS_TARGET_MB:g} MB at {LARGE_EVENTS:,} events; "
-            f"--events {LARGE_EVENTS} for that size). Targets: ratio >= 0.5 (meets), and on SQLite "
-            f">= {REBUILD_RATE_TARGET:,.0f} events/s (details.events_per_s_meets)."
+            f"--events {LARGE_EVENTS} for that size). Targets: ratio >= {RATIO_TARGET} (meets), "
+            f"and on SQLite >= {REBUILD_RATE_TARGET:,.0f} events/s (details.events_per_s_meets)."
         ),
         details={
             "loadavg_1m": load,
