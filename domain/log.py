@@ -331,6 +331,13 @@ class LogReader:
         for batch, _ in self.batches(after, self.head() if upto is None else upto, topics, limit):
             yield from batch
 
+    def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
+        """Every notice up to ``upto``, each aggregate's together in version order (aggregates
+        in no particular order), read ``limit`` at a time where the store can: a follower that
+        folds one aggregate at a time holds one, not all of them."""
+        everything = self.notices((), 0, upto, limit)
+        yield from sorted(everything, key=lambda n: (n.key, n.version))
+
 
 def _canonical_uuid(hex32: str) -> str:
     return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
@@ -363,6 +370,23 @@ class SQLiteLogReader(LogReader):
                 kept += keep(Page(rows, self.mapper, _canonical_uuid)).rows
         page = Page(kept, self.mapper, _canonical_uuid, rows_read=read)
         return page, last if read == limit else upto
+
+    def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
+        # Keyset pages along the primary key (originator_id, originator_version).
+        base = f"SELECT {SQLITE_COLUMNS} FROM {self.recorder.events_table_name} WHERE rowid <= ? "
+        order = "ORDER BY originator_id, originator_version LIMIT ?"
+        sql, params = base + order, [upto, limit]
+        while True:
+            with self.recorder.datastore.transaction(commit=False) as c:
+                cursor = c.sqlite_cursor
+                cursor.row_factory = None
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            yield from Page(rows, self.mapper, _canonical_uuid)
+            if len(rows) < limit:
+                return
+            sql = base + "AND (originator_id, originator_version) > (?, ?) " + order
+            params = [upto, rows[-1][1], rows[-1][2], limit]
 
 
 class PostgresLogReader(LogReader):
@@ -398,6 +422,25 @@ class PostgresLogReader(LogReader):
                 read += len(rows)
                 kept += keep(Page(rows, self.mapper)).rows
         return Page(kept, self.mapper, rows_read=read), end
+
+    def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
+        # Keyset pages along the primary key (originator_id, originator_version).
+        table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
+        base = f"SELECT {POSTGRES_COLUMNS} FROM {table} WHERE notification_id <= %s "
+        order = "ORDER BY originator_id, originator_version LIMIT %s"
+        sql, params = base + order, [upto, limit]
+        while True:
+            with (
+                self.recorder.datastore.get_connection() as conn,
+                conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+            ):
+                cursor.execute(sql, params)
+                rows = cursor.fetchall()
+            yield from Page(rows, self.mapper)
+            if len(rows) < limit:
+                return
+            sql = base + "AND (originator_id, originator_version) > (%s::uuid, %s) " + order
+            params = [upto, rows[-1][1], rows[-1][2], limit]
 
 
 def log_reader(recorder: ApplicationRecorder, mapper: Mapper[Any]) -> LogReader:

@@ -142,6 +142,10 @@ def test_rebuild_reports_both_scans_and_peak_rss(quick_results: list[dict[str, A
     assert rss["vmhwm_mb"] > 0
     assert details["rss_meets"] is (rss["vmhwm_mb"] <= details["rss_target_mb"] == 200.0)
     assert details["rss_target_applies"] is False  # a tiny log, not 1M events
+    verifying = details["verify_peak_rss"]
+    assert verifying["ok"] is True
+    assert verifying["checked"] >= details["jobs"]  # a job_status row each, and more
+    assert details["verify_rss_meets"] is (verifying["vmhwm_mb"] <= 200.0)
 
 
 def test_audit_timeline_is_p50_against_a_bare_read(quick_results: list[dict[str, Any]]) -> None:

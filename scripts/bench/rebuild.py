@@ -1,7 +1,7 @@
 """Rebuilding the job_status read model from the first notification (DESIGN.md §7), in events
 per second against two raw scans of the same log on the same backend: a bare driver cursor
 reading what the rebuild reads (the target's baseline), and the library's own batched reader.
-Plus the rebuild's peak RSS, in a fresh interpreter.
+Plus the peak RSS of the rebuild, and of ``sequent verify``, each in a fresh interpreter.
 
 The log is real domain events, written quickly (``fill_log``): jobs built by the aggregates'
 own commands and put straight into the event store, their progress interleaved as concurrent
@@ -176,8 +176,9 @@ def _postgres_scan(env: dict[str, str], table: str) -> int:
     return rows
 
 
-# Run as ``python -c _RSS_CHILD URL``: the store opened as ``sequent rebuild`` opens it (through
-# bootstrap) and nothing the benchmark loads besides, so the peak RSS is a rebuild's.
+# Run as ``python -c _RSS_CHILD URL rebuild|verify``: the store opened as ``sequent rebuild``
+# and ``sequent verify`` open it (through bootstrap) and nothing the benchmark loads besides, so
+# the peak RSS is a rebuild's (of job_status) or a verify's.
 _RSS_CHILD = """
 import json, resource, sys, time
 from bootstrap import Settings, open_service
@@ -190,45 +191,57 @@ def status_kb(key):
                 return int(line.split()[1])
     return None
 
+command = sys.argv[2]
 service = open_service(Settings.from_env(store_url=sys.argv[1]))
 try:
     projections = Projections(service)
     before = status_kb("VmRSS")
     started = time.perf_counter()
-    report = projections.rebuild("job_status", progress=False)
+    if command == "rebuild":
+        report = projections.rebuild("job_status", progress=False)
+        outcome = {"events": report.events, "equal": report.equal}
+    else:
+        report = projections.verify()
+        outcome = {"checked": report.checked, "ok": report.ok}
     seconds = time.perf_counter() - started
 finally:
     service.close()
 print(json.dumps({
-    "events": report.events,
+    **outcome,
     "seconds": seconds,
-    "equal": report.equal,
-    "rss_before_rebuild_kb": before,
+    f"rss_before_{command}_kb": before,
     "vmhwm_kb": status_kb("VmHWM"),
     "ru_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
 }))
 """
 
 
-def rebuild_in_child(url: str) -> dict[str, Any]:
-    """Rebuilds job_status in a fresh interpreter and returns its peak RSS (VmHWM and
-    ru_maxrss, in MB) with the rebuild's events and seconds."""
+def in_child(url: str, command: str) -> dict[str, Any]:
+    """Runs ``command`` (rebuild, verify) in a fresh interpreter: what it printed, its RSS
+    figures (VmHWM, ru_maxrss, RSS before) in MB."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), *sys.path[1:]])}
     done = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, url],
+        [sys.executable, "-c", _RSS_CHILD, url, command],
         capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=1800, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"the rebuild subprocess failed ({done.returncode}): {last}")
+        raise RuntimeError(f"the {command} subprocess failed ({done.returncode}): {last}")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     mb = {k.removesuffix("_kb") + "_mb": v / 1024 for k, v in figures.items() if k.endswith("_kb")}
+    return {**{k: v for k, v in figures.items() if not k.endswith("_kb")}, **mb}
+
+
+def rebuild_in_child(url: str) -> dict[str, Any]:
+    """Rebuilds job_status in a fresh interpreter and returns its peak RSS (VmHWM and
+    ru_maxrss, in MB) with the rebuild's events and seconds."""
+    figures = in_child(url, "rebuild")
+    events, seconds = figures.pop("events"), figures["seconds"]
     return {
-        "events": figures["events"],
-        "seconds": figures["seconds"],
-        "events_per_s": figures["events"] / figures["seconds"] if figures["seconds"] else 0.0,
-        "checksums_equal": figures["equal"],
-        **mb,
+        "events": events,
+        "events_per_s": events / seconds if seconds else 0.0,
+        "checksums_equal": figures.pop("equal"),
+        **figures,
     }
 
 
@@ -291,8 +304,8 @@ def measure_rebuild(store: ScratchStore, events: int, rounds: int, step: Step) -
         projections.close()
     finally:
         svc.close()
-    step(f"{REBUILD} [{store.backend}]: peak RSS, in a subprocess")
-    child = rebuild_in_child(store.url)
+    step(f"{REBUILD} [{store.backend}]: peak RSS of a rebuild and of verify, in subprocesses")
+    child, verifying = rebuild_in_child(store.url), in_child(store.url, "verify")
     value = counts["rebuild"] / rebuilt.seconds
     library_rate = counts["library"] / library.seconds
     bare_rate = counts["bare"] / bare.seconds
@@ -324,6 +337,7 @@ def measure_rebuild(store: ScratchStore, events: int, rounds: int, step: Step) -
             "p50/p99: per rebuild batch (the last sample is the swap). details.peak_rss: the "
             "same rebuild in a fresh interpreter that opens the store through bootstrap, as "
             "`sequent rebuild` does "
+            "(details.verify_peak_rss: the same for `sequent verify`) "
             f"(target <= {RSS_TARGET_MB:g} MB at {LARGE_EVENTS:,} events; "
             f"--events {LARGE_EVENTS} for that size). Targets: ratio >= {RATIO_TARGET} (meets), "
             f"and on SQLite >= {REBUILD_RATE_TARGET:,.0f} events/s (details.events_per_s_meets)."
@@ -357,5 +371,7 @@ def measure_rebuild(store: ScratchStore, events: int, rounds: int, step: Step) -
             "rss_target_at_events": LARGE_EVENTS,
             "rss_target_applies": filled.events >= LARGE_EVENTS,
             "rss_meets": peak <= RSS_TARGET_MB,
+            "verify_peak_rss": verifying,  # the same for `sequent verify` of the whole store
+            "verify_rss_meets": verifying["vmhwm_mb"] <= RSS_TARGET_MB,
         },
     )
