@@ -276,6 +276,11 @@ POSTGRES_COLUMNS = "notification_id, originator_id::text, originator_version, to
 # Rows a read takes from the driver at a time, however large its batch: a few thousand rows
 # are made and dropped faster than tens of thousands (they stay in the CPU's caches).
 READ_PAGE = 5000
+_MAX_VERSION = 2**63 - 1  # every version (BIGINT's largest)
+# One aggregate's events as stored, without what the caller knows (its id) or needs not (the
+# notification id): version, topic, state.
+STORED_COLUMNS = "originator_version, topic, state"
+Stored = tuple[int, str, bytes]
 
 Keep = Callable[[Page], Page]
 """What of each page of a read its caller needs (``Page.lasts_and``, say): the read holds only
@@ -338,6 +343,13 @@ class LogReader:
         everything = self.notices((), 0, upto, limit)
         yield from sorted(everything, key=lambda n: (n.key, n.version))
 
+    def aggregate(self, originator_id: UUID, lte: int | None = None) -> list[Stored]:
+        """The events of one aggregate up to version ``lte`` (default: all), in version order,
+        as stored: one query, nothing decoded (the library's ``select_events`` makes a
+        StoredEvent and a UUID of each row)."""
+        stored = self.recorder.select_events(originator_id, lte=lte)
+        return [(s.originator_version, s.topic, s.state) for s in stored]
+
 
 def _canonical_uuid(hex32: str) -> str:
     return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
@@ -370,6 +382,18 @@ class SQLiteLogReader(LogReader):
                 kept += keep(Page(rows, self.mapper, _canonical_uuid)).rows
         page = Page(kept, self.mapper, _canonical_uuid, rows_read=read)
         return page, last if read == limit else upto
+
+    def aggregate(self, originator_id: UUID, lte: int | None = None) -> list[Stored]:
+        sql = (
+            f"SELECT {STORED_COLUMNS} FROM {self.recorder.events_table_name} "
+            "WHERE originator_id = ? AND originator_version <= ? ORDER BY originator_version"
+        )
+        with self.recorder.datastore.transaction(commit=False) as c:
+            cursor = c.sqlite_cursor
+            cursor.row_factory = None
+            cursor.execute(sql, (originator_id.hex, _MAX_VERSION if lte is None else lte))
+            rows: list[Stored] = cursor.fetchall()
+        return rows
 
     def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
         # Keyset pages along the primary key (originator_id, originator_version).
@@ -422,6 +446,19 @@ class PostgresLogReader(LogReader):
                 read += len(rows)
                 kept += keep(Page(rows, self.mapper)).rows
         return Page(kept, self.mapper, rows_read=read), end
+
+    def aggregate(self, originator_id: UUID, lte: int | None = None) -> list[Stored]:
+        table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
+        sql = (
+            f"SELECT {STORED_COLUMNS} FROM {table} "
+            "WHERE originator_id = %s AND originator_version <= %s ORDER BY originator_version"
+        )
+        with (
+            self.recorder.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row, binary=True) as cursor,
+        ):
+            cursor.execute(sql, (originator_id, _MAX_VERSION if lte is None else lte))
+            return cursor.fetchall()
 
     def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
         # Keyset pages along the primary key (originator_id, originator_version).
