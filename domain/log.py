@@ -277,10 +277,10 @@ POSTGRES_COLUMNS = "notification_id, originator_id::text, originator_version, to
 # are made and dropped faster than tens of thousands (they stay in the CPU's caches).
 READ_PAGE = 5000
 _MAX_VERSION = 2**63 - 1  # every version (BIGINT's largest)
-# One aggregate's events as stored, without what the caller knows (its id) or needs not (the
-# notification id): version, topic, state.
-STORED_COLUMNS = "originator_version, topic, state"
-Stored = tuple[int, str, bytes]
+STATES_PER_QUERY = 500  # versions in one IN (...) (SQLite's limit on variables is far above)
+Stored = tuple[int, str, bytes | None]
+"""One event of an aggregate as stored, without what the caller knows (the aggregate's id) or
+needs not (its notification id): version, topic, state (None: not read, see ``states_of``)."""
 
 Keep = Callable[[Page], Page]
 """What of each page of a read its caller needs (``Page.lasts_and``, say): the read holds only
@@ -343,12 +343,22 @@ class LogReader:
         everything = self.notices((), 0, upto, limit)
         yield from sorted(everything, key=lambda n: (n.key, n.version))
 
-    def aggregate(self, originator_id: UUID, lte: int | None = None) -> list[Stored]:
+    def aggregate(
+        self, originator_id: UUID, lte: int | None = None, *, states: bool = True
+    ) -> list[Stored]:
         """The events of one aggregate up to version ``lte`` (default: all), in version order,
         as stored: one query, nothing decoded (the library's ``select_events`` makes a
-        StoredEvent and a UUID of each row)."""
+        StoredEvent and a UUID of each row). Without ``states``, their states are left in the
+        store (``states_of`` reads those a caller turns out to need): a job's ten thousand
+        progress entries cost their versions and topics only."""
         stored = self.recorder.select_events(originator_id, lte=lte)
-        return [(s.originator_version, s.topic, s.state) for s in stored]
+        return [(s.originator_version, s.topic, s.state if states else None) for s in stored]
+
+    def states_of(self, originator_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
+        """The stored state of each of ``versions`` of one aggregate."""
+        wanted = set(versions)
+        stored = self.recorder.select_events(originator_id)
+        return {s.originator_version: s.state for s in stored if s.originator_version in wanted}
 
 
 def _canonical_uuid(hex32: str) -> str:
@@ -383,17 +393,33 @@ class SQLiteLogReader(LogReader):
         page = Page(kept, self.mapper, _canonical_uuid, rows_read=read)
         return page, last if read == limit else upto
 
-    def aggregate(self, originator_id: UUID, lte: int | None = None) -> list[Stored]:
+    def aggregate(
+        self, originator_id: UUID, lte: int | None = None, *, states: bool = True
+    ) -> list[Stored]:
         sql = (
-            f"SELECT {STORED_COLUMNS} FROM {self.recorder.events_table_name} "
+            f"SELECT originator_version, topic, {'state' if states else 'NULL'} "
+            f"FROM {self.recorder.events_table_name} "
             "WHERE originator_id = ? AND originator_version <= ? ORDER BY originator_version"
         )
+        return self._rows(sql, (originator_id.hex, _MAX_VERSION if lte is None else lte))
+
+    def states_of(self, originator_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for first in range(0, len(versions), STATES_PER_QUERY):
+            chunk = versions[first : first + STATES_PER_QUERY]
+            sql = (
+                f"SELECT originator_version, state FROM {self.recorder.events_table_name} "
+                f"WHERE originator_id = ? AND originator_version IN ({','.join('?' * len(chunk))})"
+            )
+            found.update(self._rows(sql, (originator_id.hex, *chunk)))
+        return found
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with self.recorder.datastore.transaction(commit=False) as c:
             cursor = c.sqlite_cursor
-            cursor.row_factory = None
-            cursor.execute(sql, (originator_id.hex, _MAX_VERSION if lte is None else lte))
-            rows: list[Stored] = cursor.fetchall()
-        return rows
+            cursor.row_factory = None  # plain tuples
+            cursor.execute(sql, params)
+            return cursor.fetchall()
 
     def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
         # Keyset pages along the primary key (originator_id, originator_version).
@@ -401,11 +427,7 @@ class SQLiteLogReader(LogReader):
         order = "ORDER BY originator_id, originator_version LIMIT ?"
         sql, params = base + order, [upto, limit]
         while True:
-            with self.recorder.datastore.transaction(commit=False) as c:
-                cursor = c.sqlite_cursor
-                cursor.row_factory = None
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
+            rows = self._rows(sql, params)
             yield from Page(rows, self.mapper, _canonical_uuid)
             if len(rows) < limit:
                 return
@@ -426,10 +448,9 @@ class PostgresLogReader(LogReader):
         self, after: int, upto: int, topics: Sequence[str], limit: int, keep: Keep = _whole
     ) -> tuple[Page, int]:
         end = min(after + limit, upto)
-        table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
         sql = (
             f"SELECT {POSTGRES_COLUMNS} "
-            f"FROM {table} WHERE notification_id > %s AND notification_id <= %s "
+            f"FROM {self._table} WHERE notification_id > %s AND notification_id <= %s "
             + ("AND topic = ANY(%s) " if topics else "")
             + "ORDER BY notification_id"
         )
@@ -447,32 +468,42 @@ class PostgresLogReader(LogReader):
                 kept += keep(Page(rows, self.mapper)).rows
         return Page(kept, self.mapper, rows_read=read), end
 
-    def aggregate(self, originator_id: UUID, lte: int | None = None) -> list[Stored]:
-        table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
+    def aggregate(
+        self, originator_id: UUID, lte: int | None = None, *, states: bool = True
+    ) -> list[Stored]:
         sql = (
-            f"SELECT {STORED_COLUMNS} FROM {table} "
+            f"SELECT originator_version, topic, {'state' if states else 'NULL'} "
+            f"FROM {self._table} "
             "WHERE originator_id = %s AND originator_version <= %s ORDER BY originator_version"
         )
+        return self._rows(sql, (originator_id, _MAX_VERSION if lte is None else lte))
+
+    def states_of(self, originator_id: UUID, versions: Sequence[int]) -> dict[int, bytes]:
+        sql = (
+            f"SELECT originator_version, state FROM {self._table} "
+            "WHERE originator_id = %s AND originator_version = ANY(%s)"
+        )
+        return dict(self._rows(sql, (originator_id, list(versions))))
+
+    @property
+    def _table(self) -> str:
+        return f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
+
+    def _rows(self, sql: str, params: Sequence[Any]) -> list[Any]:
         with (
             self.recorder.datastore.get_connection() as conn,
             conn.cursor(row_factory=tuple_row, binary=True) as cursor,
         ):
-            cursor.execute(sql, (originator_id, _MAX_VERSION if lte is None else lte))
+            cursor.execute(sql, params)
             return cursor.fetchall()
 
     def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
         # Keyset pages along the primary key (originator_id, originator_version).
-        table = f'"{self.recorder.datastore.schema}"."{self.recorder.events_table_name}"'
-        base = f"SELECT {POSTGRES_COLUMNS} FROM {table} WHERE notification_id <= %s "
+        base = f"SELECT {POSTGRES_COLUMNS} FROM {self._table} WHERE notification_id <= %s "
         order = "ORDER BY originator_id, originator_version LIMIT %s"
         sql, params = base + order, [upto, limit]
         while True:
-            with (
-                self.recorder.datastore.get_connection() as conn,
-                conn.cursor(row_factory=tuple_row, binary=True) as cursor,
-            ):
-                cursor.execute(sql, params)
-                rows = cursor.fetchall()
+            rows = self._rows(sql, params)
             yield from Page(rows, self.mapper)
             if len(rows) < limit:
                 return

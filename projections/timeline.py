@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 from uuid import UUID
@@ -113,16 +113,25 @@ class StoredHistory(Sequence[HistoryEntry]):
     """An aggregate's events as read in one query (``LogReader.aggregate``), each decoded into
     a HistoryEntry the first time it is looked at. Names and versions come from the stored
     rows without decoding, so a job of 10k progress entries costs one read, and decoding only
-    for what is shown."""
+    for what is shown. Rows read without their states (a long job's) get them from the store
+    as they are decoded: ``read`` fetches many in one query, as iterating does."""
 
     def __init__(
-        self, svc: CurationService, aggregate: str, aggregate_id: UUID, rows: Sequence[Stored]
+        self,
+        svc: CurationService,
+        log: LogReader,
+        aggregate: str,
+        aggregate_id: UUID,
+        rows: Sequence[Stored],
     ) -> None:
         self._mapper = svc.mapper
+        self._url = svc.url
+        self._log = log
         self._aggregate = aggregate
         self._id = aggregate_id
         self._rows = rows
         self._decoded: list[HistoryEntry | None] = [None] * len(rows)
+        self._states: dict[int, bytes] = {}  # index -> state, of rows read without it
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -135,16 +144,41 @@ class StoredHistory(Sequence[HistoryEntry]):
 
     def __getitem__(self, index: int | slice) -> HistoryEntry | Sequence[HistoryEntry]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            indexes = range(*index.indices(len(self)))
+            self.read(indexes)
+            return [self[i] for i in indexes]
+        index = range(len(self))[index]  # IndexError outside, as a list's
         entry = self._decoded[index]
         if entry is None:
             version, topic, state = self._rows[index]
+            if state is None:
+                self.read([index])
+                state = self._states.pop(index)
             try:
                 event = self._mapper.to_domain_event(StoredEvent(self._id, version, topic, state))
             except UNREADABLE as exc:
                 raise UnreadableEvent(self._aggregate, self._id, version, first_line(exc)) from None
             entry = self._decoded[index] = HistoryEntry.of(self._aggregate, event)
         return entry
+
+    def __iter__(self) -> Iterator[HistoryEntry]:
+        self.read(range(len(self)))
+        return (self[i] for i in range(len(self)))
+
+    def read(self, indexes: Iterable[int]) -> None:
+        """Reads, in one query, the states of the events at ``indexes`` that are to be decoded
+        and were read without them."""
+        rows, decoded, states = self._rows, self._decoded, self._states
+        wanted = {
+            rows[i][0]: i
+            for i in indexes
+            if rows[i][2] is None and decoded[i] is None and i not in states
+        }
+        if wanted:
+            with store_call(self._url):
+                found = self._log.states_of(self._id, list(wanted))
+            for version, state in found.items():
+                states[wanted[version]] = state
 
     def name(self, index: int) -> str:
         """The event's class name (``ProgressRecorded``...), from its topic: no decoding."""
@@ -203,9 +237,12 @@ class Timeline:
     ) -> Timeline:
         log = log_reader(svc.recorder, svc.mapper)
         with store_call(svc.url):
-            events = StoredHistory(svc, "job", job_uuid, log.aggregate(job_uuid))
-        if not events or events.topic(0) not in JOB_TOPICS:  # say, a decision's id
-            raise JobNotFound(job_uuid)
+            rows = log.aggregate(job_uuid, states=False)
+            events = StoredHistory(svc, log, "job", job_uuid, rows)
+            if not events or events.topic(0) not in JOB_TOPICS:  # say, a decision's id
+                raise JobNotFound(job_uuid)
+            fields = events.having(_SETS_FIELDS)
+            events.read([*fields, len(events) - 1])  # what this and the current state decode
         started = [events[i].data["invocation_id"] for i in events.having(JOB_STARTS_INVOCATION)]
         invocations: list[InvocationRecord] = []
         missing: list[UUID] = []
@@ -300,13 +337,14 @@ class Timeline:
 
     def _collapsed(self, limit: int) -> list[HistoryEntry]:
         events = self.events
-        name = events.name
+        runs = self._runs()
+        events.read(
+            i
+            for start, end in runs
+            for i in (range(start, end) if end - start <= limit else (start, start + 1, end - 1))
+        )
         rows: list[HistoryEntry] = []
-        start, total = 0, len(events)
-        while start < total:
-            end = start + 1
-            while end < total and name(end) == name(start):
-                end += 1
+        for start, end in runs:
             if end - start <= limit:
                 rows.extend(events[i] for i in range(start, end))
             else:
@@ -323,8 +361,20 @@ class Timeline:
                     )
                 )
                 rows.append(last)
-            start = end
         return rows
+
+    def _runs(self) -> list[tuple[int, int]]:
+        """(start, end) of each run of consecutive job events of one name."""
+        name = self.events.name
+        runs: list[tuple[int, int]] = []
+        start, total = 0, len(self.events)
+        while start < total:
+            end = start + 1
+            while end < total and name(end) == name(start):
+                end += 1
+            runs.append((start, end))
+            start = end
+        return runs
 
     def summary(self) -> dict[str, Any]:
         completions = [c for i in self.invocations for c in i.completions]
@@ -445,5 +495,6 @@ def _decisions(
         decision = UUID(row.decision_id)
         with store_call(svc.url):
             stored = log.aggregate(decision, lte=row.version)
-        records.append(DecisionRecord.of(row, StoredHistory(svc, "decision", decision, stored)))
+        history = StoredHistory(svc, log, "decision", decision, stored)
+        records.append(DecisionRecord.of(row, history))
     return records

@@ -101,7 +101,7 @@ def test_meets_follows_target(quick_results: list[dict[str, Any]]) -> None:
         bench.SANDBOX: ("value", "<=", 200.0),
         bench.CYCLES: ("value", ">=", 1000.0),
         bench.REBUILD: ("ratio", ">=", 0.8),
-        bench.AUDIT: ("value", "<=", 50_000.0),  # 50 ms, in us
+        bench.AUDIT: ("value", "<=", 20_000.0),  # 20 ms, in us
     }
 
 

@@ -13,7 +13,7 @@ p50, p99, latency_unit, notes, details``
 
 * ``value`` and ``baseline`` are in ``unit``: a rate (``ops/s``, ``cycles/s``, ``jobs/s``,
   ``events/s``, ``completions/s``; higher is better) or a time (``us``, also for the audit's
-  50 ms target; lower is better). ``better`` says which.
+  20 ms target; lower is better). ``better`` says which.
 * ``ratio`` is always *speed relative to the baseline*, so higher is always better and 1.0 means
   "as fast as the baseline": ``value / baseline`` for rates, ``baseline / value`` for times.
 * ``target`` applies to ``target_on`` (``"ratio"`` or ``"value"``) with ``target_op`` (``>=`` or
