@@ -9,9 +9,11 @@ listening for a topic that no longer exists.
 Why a reader of our own: the library's ``select_notifications`` builds a ``Notification`` with a
 ``UUID`` for every row, which is most of the cost of a replay when a follower needs only the
 topic and version of most events. ``LogReader`` runs the same query (same table, same ``topic
-IN`` filter, same order) through the recorder's own datastore and hands out ``Notice`` objects
-that keep the event's state undecoded until someone asks for it. Stores it does not know
-(memory) go through ``select_notifications`` unchanged.
+IN`` filter, same order) through the recorder's own datastore and hands out ``Page`` objects:
+the driver's rows, each made a ``Notice`` only when asked for, whose event is decoded only when
+asked for. It also reads the log one aggregate after another (``by_aggregate``: verify), and
+one aggregate's events as stored (``aggregate``, ``states_of``: the audit), for the same
+reason. Stores it does not know (memory) go through the library's reads unchanged.
 """
 
 from __future__ import annotations
@@ -248,9 +250,9 @@ class Page(Sequence[Notice]):
 
     def lasts_and(self, topics: Container[str]) -> Page:
         """The last notice of each aggregate and every notice of ``topics``, in order."""
-        last = {row[1]: row[0] for row in self._rows}.values()
-        kept = set(last)
-        rows = [row for row in self._rows if row[0] in kept or row[3] in topics]
+        last = {row[1]: row for row in self._rows}.values()
+        of_topics = [row for row in self._rows if row[3] in topics]
+        rows = sorted({row[0]: row for row in (*of_topics, *last)}.values())  # ids are unique
         return Page(rows, self._mapper, self._canonical)
 
     def after(self, position: int, topics: Container[str]) -> Page:
