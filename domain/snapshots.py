@@ -175,23 +175,21 @@ class SnapshotCheck:
             versions = [snapshot.originator_version for snapshot in stored]
         else:
             return None
+        self.checked += len(versions)
         return JobSnapshots(self.app, UUID(key), versions) if versions else None
 
     def done(self, job: JobSnapshots, problems: list[SnapshotProblem], *, unreadable: bool) -> None:
         """Takes what the fold of ``job`` found; at an event it could not read
         (``unreadable``: the replay reports that) there is nothing to fold later snapshots to."""
         self.problems.extend(problems)
-        self.checked += job.compared
         if job.left and not unreadable:
             self._unreached[str(job.job_id)] = job.left
 
     def rest(self) -> None:
         """Checks the snapshots no fold reached, each job's events read from the store."""
-        unreached = {**(self._listed or {}), **self._unreached}
-        self._listed = {} if self._listed is not None else None
-        self._unreached = {}
-        for key, versions in unreached.items():
-            self.checked += len(versions)
+        listed = self._listed or {}
+        self.checked += sum(len(versions) for versions in listed.values())
+        for key, versions in (*listed.items(), *self._unreached.items()):
             self.problems.extend(_job_snapshot_problems(self.app, key, sorted(versions)))
 
 
@@ -204,10 +202,6 @@ class JobSnapshots:
         self.job_id = job_id
         self._versions = sorted(versions)
         self._next = 0
-
-    @property
-    def compared(self) -> int:
-        return self._next
 
     @property
     def left(self) -> list[int]:

@@ -300,36 +300,44 @@ class Expected:
         unreadable = False
         problems: list[SnapshotProblem] = []
         for notice in notices:
-            topic = notice.topic
             at = f"{key}@{notice.version}"
-            if topic in JOB_TRANSITIONS:
+            if notice.topic in JOB_TRANSITIONS:
                 state = getattr(aggregate, "state", None)
-                why = invalid_step(topic, None if state is None else str(state))
+                why = invalid_step(notice.topic, None if state is None else str(state))
                 if why is not None:
                     self.problems.append(Discrepancy(EVENTS, "invalid_transition", at, message=why))
             try:
                 event: Any = notice.event
                 aggregate = event.mutate(aggregate)
             except UNREADABLE as exc:
-                why = f"notification {notice.id} ({topic}): {first_line(exc)}; not folded further"
-                self.problems.append(Discrepancy(EVENTS, "undecodable", at, message=why))
+                why = f"notification {notice.id} ({notice.topic}): {first_line(exc)}"
+                self.problems.append(
+                    Discrepancy(EVENTS, "undecodable", at, message=f"{why}; not folded further")
+                )
                 unreadable = True
                 break
             position = notice.id
             if snapshots is not None:
                 problems += snapshots.folded(notice.version, aggregate)
-            if topic == FINISHED:
-                finished = event
-            elif topic in (APPLIED, DISCARDED):
-                self.completions.append(Completion.of(notice.id, key, finished, event))
-                finished = None
-            elif topic in SESSION_STOPS:
-                run = None if topic == UNATTRIBUTED_ORPHAN_STOPPED else key
-                self.stops[str(event.session_id)].append((notice.id, run, event))
+            finished = self._run_event(key, notice, event, finished)
         if check is not None and snapshots is not None:
             check.done(snapshots, problems, unreadable=unreadable)
         if aggregate is not None:
             self._keep(key, aggregate, position)
+
+    def _run_event(self, key: str, notice: Notice, event: Any, finished: Any) -> Any:
+        """Notes the completion or the session stop an invocation's event records; returns the
+        Finished still awaiting its verdict."""
+        topic = notice.topic
+        if topic == FINISHED:
+            return event
+        if topic in (APPLIED, DISCARDED):
+            self.completions.append(Completion.of(notice.id, key, finished, event))
+            return None
+        if topic in SESSION_STOPS:
+            run = None if topic == UNATTRIBUTED_ORPHAN_STOPPED else key
+            self.stops[str(event.session_id)].append((notice.id, run, event))
+        return finished
 
     def _keep(self, key: str, aggregate: Any, position: int) -> None:
         if isinstance(aggregate, CurationJob):
@@ -341,20 +349,14 @@ class Expected:
 
     def rows(self, table: Table) -> dict[str, tuple[Any, ...]]:
         if table is JOB_STATUS:
-            return self._jobs()
+            return self.jobs
         if table is DISPATCH_AUDIT:
             return self._audit()
         if table is SESSIONS:
             return self._sessions()
         if table is DECISIONS:
-            return self._decisions()
+            return self.decisions
         raise KeyError(table.name)
-
-    def _jobs(self) -> dict[str, tuple[Any, ...]]:
-        return self.jobs
-
-    def _decisions(self) -> dict[str, tuple[Any, ...]]:
-        return self.decisions
 
     def _audit(self) -> dict[str, tuple[Any, ...]]:
         rows: dict[str, tuple[Any, ...]] = {}
