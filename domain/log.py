@@ -162,8 +162,8 @@ class Notice:
     @property
     def timestamp(self) -> str:
         """The event's timestamp as ``isoformat()`` text. Read off the stored JSON where it
-        leads it as the transcoder writes it (a tenth of a full decode, which a replay would
-        pay for most of the events it keeps); decoded otherwise."""
+        leads it as the transcoder writes it (a quarter of the cost of a full decode, which a
+        replay would pay for most of the events it keeps); decoded otherwise."""
         if self._event is None:
             stored = self._stored_timestamp()
             if stored is not None:
