@@ -501,15 +501,17 @@ class PostgresLogReader(LogReader):
 
     def by_aggregate(self, upto: int, limit: int = READ_PAGE) -> Iterator[Notice]:
         # Keyset pages along the primary key (originator_id, originator_version).
-        base = f"SELECT {POSTGRES_COLUMNS} FROM {self._table} WHERE notification_id <= %s "
-        order = "ORDER BY originator_id, originator_version LIMIT %s"
+        # The table's own originator_id (e.), not the output column of that name (its text):
+        # only that order is the primary key's.
+        base = f"SELECT {POSTGRES_COLUMNS} FROM {self._table} e WHERE notification_id <= %s "
+        order = "ORDER BY e.originator_id, e.originator_version LIMIT %s"
         sql, params = base + order, [upto, limit]
         while True:
             rows = self._rows(sql, params)
             yield from Page(rows, self.mapper)
             if len(rows) < limit:
                 return
-            sql = base + "AND (originator_id, originator_version) > (%s::uuid, %s) " + order
+            sql = base + "AND (e.originator_id, e.originator_version) > (%s::uuid, %s) " + order
             params = [upto, rows[-1][1], rows[-1][2], limit]
 
 
