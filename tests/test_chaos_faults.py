@@ -108,11 +108,13 @@ class DropsOnce:
         self.calls = 0
         self.fail_at = fail_at
 
-    def read(self, after: int, upto: int, topics: Any, limit: int, *keep: Keep) -> tuple[Page, int]:
+    def read(
+        self, after: int, upto: int, topics: Any, limit: int, keep: Keep = lambda page: page
+    ) -> tuple[Page, int]:
         self.calls += 1
         if self.calls == self.fail_at:
             raise OperationalError(DROPPED)
-        return self.read_batch(after, upto, topics, limit, *keep)
+        return self.read_batch(after, upto, topics, limit, keep)
 
 
 def test_a_connection_dropped_mid_read_is_store_unavailable_and_the_feed_resumes(
