@@ -13,8 +13,8 @@ trusts one blindly:
   the state alone, so a corrupted snapshot can never make a command record a transition the
   table forbids; it costs no query and no decode the library's load does not.
 * What that check cannot see — an attempt, session or progress changed while the state still
-  agrees with the event — ``check_snapshots`` finds: it folds every snapshotted job and
-  compares each of its snapshots with the fold at that version (``sequent verify``: drift
+  agrees with the event — ``SnapshotCheck`` finds: it compares each snapshot with the fold of
+  its job's events at that version, as ``sequent verify``'s replay folds them (drift
   ``snapshot``). The audit reads no snapshots at all.
 
 The warnings go to the ``domain.snapshots`` logger, which a worker's logging configuration
@@ -30,7 +30,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import AggregateRecorder, StoredEvent
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from psycopg.rows import tuple_row
@@ -144,22 +144,84 @@ def _state_problem(snapshot: Any, event: StoredEvent | None, version: int) -> st
 # -- checking every snapshot ---------------------------------------------------------------------
 
 
-def check_snapshots(
-    app: Application[UUID], job_ids: Iterable[str]
-) -> tuple[int, list[SnapshotProblem]]:
-    """(how many snapshots were checked, the problems found): every snapshot in the store
-    (``job_ids``: the jobs the caller knows of, for stores whose snapshots cannot be listed by a
-    query) compared with the fold of its job's events up to its version. One read of each
-    snapshotted job's events; each snapshot decoded once, one at a time."""
-    if app.snapshots is None:
-        return 0, []
-    by_job: dict[str, list[int]] = {}
-    for key, version in _snapshot_keys(app.snapshots.recorder, job_ids):
-        by_job.setdefault(key, []).append(version)
-    problems: list[SnapshotProblem] = []
-    for key, versions in by_job.items():
-        problems.extend(_job_snapshot_problems(app, key, sorted(versions)))
-    return sum(len(v) for v in by_job.values()), problems
+class SnapshotCheck:
+    """Every stored job snapshot compared with the fold of its job's events up to its version,
+    for a caller that folds each aggregate's events itself, in version order, one aggregate
+    after another (``sequent verify``'s replay), so no job is folded twice: ``of(key)`` before
+    folding an aggregate, ``JobSnapshots.folded`` after each of its events, ``done`` after the
+    last. ``rest()`` then checks the snapshots no fold reached (of an aggregate the caller did
+    not fold, or past the events it folded) from their jobs' events in the store.
+    ``checked``: the snapshots compared; ``problems``: what was found."""
+
+    def __init__(self, app: Application[UUID]) -> None:
+        self.app = app
+        self.checked = 0
+        self.problems: list[SnapshotProblem] = []
+        # Every stored snapshot's versions by aggregate, where one query lists them.
+        self._listed: dict[str, list[int]] | None = None
+        recorder = app.snapshots.recorder if app.snapshots is not None else None
+        if isinstance(recorder, SQLiteAggregateRecorder | PostgresAggregateRecorder):
+            self._listed = {}
+            for key, version in _snapshot_keys(recorder):
+                self._listed.setdefault(key, []).append(version)
+        self._unreached: dict[str, list[int]] = {}
+
+    def of(self, key: str) -> JobSnapshots | None:
+        """The snapshots of aggregate ``key`` to check as its events are folded (None: none)."""
+        if self._listed is not None:
+            versions = self._listed.pop(key, [])
+        elif self.app.snapshots is not None:  # a store whose snapshots cannot be listed
+            stored = self.app.snapshots.recorder.select_events(UUID(key))
+            versions = [snapshot.originator_version for snapshot in stored]
+        else:
+            return None
+        self.checked += len(versions)
+        return JobSnapshots(self.app, UUID(key), versions) if versions else None
+
+    def done(self, job: JobSnapshots, problems: list[SnapshotProblem], *, unreadable: bool) -> None:
+        """Takes what the fold of ``job`` found; at an event it could not read
+        (``unreadable``: the replay reports that) there is nothing to fold later snapshots to."""
+        self.problems.extend(problems)
+        if job.left and not unreadable:
+            self._unreached[str(job.job_id)] = job.left
+
+    def rest(self) -> None:
+        """Checks the snapshots no fold reached, each job's events read from the store."""
+        listed = self._listed or {}
+        self.checked += sum(len(versions) for versions in listed.values())
+        for key, versions in (*listed.items(), *self._unreached.items()):
+            self.problems.extend(_job_snapshot_problems(self.app, key, sorted(versions)))
+
+
+class JobSnapshots:
+    """One job's snapshot versions, each compared with the fold of the job's events at that
+    version as the fold goes."""
+
+    def __init__(self, app: Application[UUID], job_id: UUID, versions: Sequence[int]) -> None:
+        self.app = app
+        self.job_id = job_id
+        self._versions = sorted(versions)
+        self._next = 0
+
+    @property
+    def left(self) -> list[int]:
+        """The versions no event folded so far reached."""
+        return self._versions[self._next :]
+
+    def folded(self, version: int, aggregate: Any) -> list[SnapshotProblem]:
+        """What is wrong with the snapshots up to ``version``, the job's event just folded
+        into ``aggregate``."""
+        found: list[SnapshotProblem] = []
+        while self._next < len(self._versions) and self._versions[self._next] <= version:
+            at = self._versions[self._next]
+            if at == version:
+                problem = _compare(self.app, self.job_id, at, aggregate)
+            else:  # a version between two events cannot happen; below the first, neither
+                problem = _no_event(self.job_id, at)
+            if problem is not None:
+                found.append(problem)
+            self._next += 1
+        return found
 
 
 def _job_snapshot_problems(
@@ -170,25 +232,20 @@ def _job_snapshot_problems(
     except ValueError:
         yield SnapshotProblem(key, versions[0], "its aggregate id is not a UUID")
         return
-    wanted = iter(versions)
-    version = next(wanted, None)
+    job = JobSnapshots(app, job_id, versions)
     folded: Any = None
     for stored in app.recorder.select_events(job_id, lte=versions[-1]):
         try:
             folded = fold(folded, [app.mapper.to_domain_event(stored)])
         except UNREADABLE:
             return  # an undecodable event: the replay of the log reports it, nothing to fold to
-        while version is not None and version <= stored.originator_version:
-            if version == stored.originator_version:
-                problem = _compare(app, job_id, version, folded)
-                if problem is not None:
-                    yield problem
-            else:  # a version between two events cannot happen; below the first, neither
-                yield SnapshotProblem(str(job_id), version, "the job has no event at its version")
-            version = next(wanted, None)
-    while version is not None:
-        yield SnapshotProblem(str(job_id), version, "the job has no event at its version")
-        version = next(wanted, None)
+        yield from job.folded(stored.originator_version, folded)
+    for version in job.left:
+        yield _no_event(job_id, version)
+
+
+def _no_event(job_id: UUID, version: int) -> SnapshotProblem:
+    return SnapshotProblem(str(job_id), version, "the job has no event at its version")
 
 
 def _compare(
@@ -225,17 +282,17 @@ def _canonical(key: str) -> str:
 
 
 def _snapshot_keys(
-    recorder: AggregateRecorder, job_ids: Iterable[str]
+    recorder: SQLiteAggregateRecorder | PostgresAggregateRecorder,
 ) -> Iterator[tuple[str, int]]:
-    """(aggregate id as canonical text, version) of every stored snapshot: one query on SQLite
-    and PostgreSQL (every row, whatever aggregate it claims to be of), else one per job."""
+    """(aggregate id as canonical text, version) of every stored snapshot, in one query (every
+    row, whatever aggregate it claims to be of)."""
     if isinstance(recorder, SQLiteAggregateRecorder):
         sql = f"SELECT originator_id, originator_version FROM {recorder.events_table_name}"
         with recorder.datastore.transaction(commit=False) as c:
             c.execute(sql)
             rows = c.fetchall()
         yield from ((_canonical(str(r[0])), int(r[1])) for r in rows)
-    elif isinstance(recorder, PostgresAggregateRecorder):
+    else:
         table = f'"{recorder.datastore.schema}"."{recorder.events_table_name}"'
         sql = f"SELECT originator_id::text, originator_version FROM {table}"
         with (
@@ -244,7 +301,3 @@ def _snapshot_keys(
         ):
             cursor.execute(sql)
             yield from ((str(k), int(v)) for k, v in cursor.fetchall())
-    else:
-        for key in job_ids:
-            for stored in recorder.select_events(UUID(key)):
-                yield key, stored.originator_version

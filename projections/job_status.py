@@ -3,7 +3,7 @@ invocation — as of the job's last event."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from domain.log import (
@@ -12,7 +12,7 @@ from domain.log import (
     JOB_SESSION_SPAWNED,
     JOB_STARTS_INVOCATION,
     STATE_AFTER,
-    Notice,
+    Page,
 )
 from projections.projection import Lookup, Projection, Upsert, Write, column_indexes
 from projections.schema import JOB_STATUS
@@ -40,23 +40,21 @@ class JobStatusProjection(Projection):
     topics = tuple(JOB_EVENT_STATES)
     tables = (JOB_STATUS,)
 
-    def writes(self, batch: Sequence[Notice], lookup: Lookup) -> list[Write]:
+    def kept(self, page: Page) -> Page:
+        return page.lasts_and(JOB_CARRIES)  # what writes reads
+
+    def writes(self, batch: Page, lookup: Lookup) -> list[Write]:
         # Every job event sets state, version, position and time outright, so a job's row
         # follows its last event in the batch; attempt, session and current invocation are
         # set only by the events that carry them (in order), and left NULL otherwise, so the
-        # upsert keeps the stored values (``keep``). Two passes, the first as cheap as a
-        # dict store per event: most events (progress) need nothing else.
-        last: dict[str, Notice] = {}
-        for n in batch:
-            last[n.key] = n
+        # upsert keeps the stored values (``keep``). Most events (progress) need nothing else,
+        # so the batch makes notices of only these two kinds.
         rows: dict[str, list[Any]] = {}
-        for key, n in last.items():
-            rows[key] = [key, JOB_EVENT_STATES[n.topic], None, None, n.version, None,
-                         n.timestamp, n.id]  # fmt: skip
-        for n in batch:
+        for n in batch.last_of_each():
+            rows[n.key] = [n.key, JOB_EVENT_STATES[n.topic], None, None, n.version, None,
+                           n.timestamp, n.id]  # fmt: skip
+        for n in batch.having(JOB_CARRIES):
             topic = n.topic
-            if topic not in JOB_CARRIES:
-                continue
             row = rows[n.key]
             if topic == JOB_CREATED:
                 row[_J["attempt"]] = 1

@@ -13,7 +13,7 @@ from psycopg.sql import SQL, Literal
 
 from domain.store_url import ddl_lock_key
 from projections.errors import RebuildInProgress
-from projections.projection import Projection
+from projections.projection import Projection, Write
 from projections.recorders import DB_ERRORS, KeepLock, ReadModels
 from projections.schema import INT, Table
 
@@ -67,6 +67,18 @@ class PostgresReadModels(PostgresTrackingRecorder, ReadModels):
             finally:
                 with suppress(*DB_ERRORS):
                     conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+    def _execute(self, c: Any, writes: Sequence[Write], shadow: bool) -> None:
+        # One statement per write, its rows as one array per column: executemany would send
+        # (and the server plan and run) a statement per row.
+        for write in writes:
+            if write.rows:
+                columns = [list(column) for column in zip(*write.rows, strict=True)]
+                c.execute(self._write_sql(write, shadow), columns)
+
+    def _rows_sql(self, table: Table) -> str:
+        arrays = ", ".join(f"%s::{self._column_type(c.type)}[]" for c in table.columns)
+        return f"SELECT * FROM unnest({arrays})"
 
     def _tracking_table(self) -> str:
         return self._qualified(self.tracking_table_name)

@@ -9,26 +9,27 @@ millions of events. Where the fold needs state from an earlier batch (which job 
 belongs to, the action of a ``Finished`` whose verdict comes in the next batch) the projection
 keeps it in a table of its own and reads it through ``Lookup`` inside that transaction.
 
-A projection never reads an aggregate. Decoding is lazy: ``Notice.event`` runs the mapper only
-for the events whose payload a projection reads, so the common case (progress entries on a
-running job) costs a topic lookup, not a JSON decode.
+A projection never reads an aggregate. Reading is lazy: a batch is a ``Page`` of the driver's
+rows that makes ``Notice`` objects only of the rows asked for, and ``Notice.event`` runs the
+mapper only for the events whose payload a projection reads, so the common case (progress
+entries on a running job) costs a row, not an object and a JSON decode.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from domain.log import Notice
+from domain.log import Page
 from projections.schema import Table, skipped_table
 
 
 @dataclass(frozen=True)
 class Upsert:
     """Insert rows, or replace an existing row's columns (but those in ``table.keep`` where the
-    new value is NULL)."""
+    new value is NULL). One row per key: PostgreSQL writes them in one statement."""
 
     table: Table
     rows: list[tuple[Any, ...]]
@@ -68,8 +69,13 @@ class Projection(ABC):
         """Every table kept for it, created, rebuilt and swapped together."""
         return (*self.tables, self.skipped)
 
+    def kept(self, page: Page) -> Page:
+        """What of a page of its notices the fold reads (all of it, unless a projection says
+        otherwise): a rebuild drops the rest as it reads, and folds what is left."""
+        return page
+
     @abstractmethod
-    def writes(self, batch: Sequence[Notice], lookup: Lookup) -> list[Write]:
+    def writes(self, batch: Page, lookup: Lookup) -> list[Write]:
         """The writes that fold ``batch`` (this projection's topics only, in order) into it."""
 
 

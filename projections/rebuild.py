@@ -10,14 +10,14 @@ from contextlib import suppress
 from dataclasses import dataclass
 from time import perf_counter
 
-from domain.log import LogReader, Notice
+from domain.log import LogReader, Page
 from domain.store_errors import STORE_ERRORS
 from projections.gc_pause import gc_paused
 from projections.progress import ProgressCallback
 from projections.projection import Projection
 from projections.recorders import Fetch, KeepLock, ReadModels, Swapped
 
-REBUILD_BATCH = 5000
+REBUILD_BATCH = 50_000
 
 
 @dataclass(frozen=True)
@@ -82,9 +82,9 @@ def _replay_and_swap(
             events, after, head = 0, 0, log.head()
             if progress:
                 progress(0, head)
-            for batch, upto in log.batches(0, head, projection.topics, batch_size):
+            for batch, upto in log.batches(0, head, projection.topics, batch_size, projection.kept):
                 store.apply(projection, batch, after=after, upto=upto, shadow=True)
-                events += len(batch)
+                events += batch.rows_read
                 after = upto
                 keep()
                 if progress:
@@ -98,8 +98,8 @@ def _replay_and_swap(
 
 
 def _fetch(log: LogReader, projection: Projection, batch_size: int) -> Fetch:
-    def fetch(after: int, upto: int) -> Iterator[list[Notice]]:
-        for batch, _ in log.batches(after, upto, projection.topics, batch_size):
+    def fetch(after: int, upto: int) -> Iterator[Page]:
+        for batch, _ in log.batches(after, upto, projection.topics, batch_size, projection.kept):
             yield batch
 
     return fetch

@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import PersistenceError
 
-from domain.log import UNREADABLE, Notice
+from domain.log import UNREADABLE, Page
 from domain.store_errors import first_line
 from projections.projection import Insert, Lookup, Projection, Upsert, Write
 from projections.schema import Table
@@ -90,15 +90,19 @@ class Swapped:
     live_error: str | None  # the live projection could not be caught up (see ProjectionFailed)
 
 
-Fetch = Callable[[int, int], Iterator[list[Notice]]]
+Fetch = Callable[[int, int], Iterator[Page]]
 """Batches of a projection's notifications in (after, upto]."""
 KeepLock = Callable[[], None]
-"""Called by a rebuild between batches: renews its lock where that is a lease, and raises
-RebuildInProgress if the lock was lost."""
+"""Called by a rebuild between batches: renews its lock where that is a lease (when due), and
+raises RebuildInProgress if the lock was lost."""
 
 
 def shadow_name(table: Table) -> str:
     return table.name + SHADOW_SUFFIX
+
+
+# json.dumps(..., separators=(",", ":")) without building an encoder for every row.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def hash_rows(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
@@ -106,7 +110,7 @@ def hash_rows(rows: Iterable[tuple[Any, ...]]) -> tuple[int, str]:
     digest = hashlib.sha256()
     count = 0
     for row in rows:
-        digest.update(json.dumps(list(row), separators=(",", ":")).encode())
+        digest.update(_COMPACT_JSON(list(row)).encode())
         digest.update(b"\n")
         count += 1
     return count, digest.hexdigest()
@@ -255,7 +259,7 @@ class ReadModels(ABC):
     def apply(
         self,
         projection: Projection,
-        batch: Sequence[Notice],
+        batch: Page,
         *,
         after: int,
         upto: int,
@@ -273,7 +277,7 @@ class ReadModels(ABC):
             if upto > current:
                 self._track(c, key, upto)
 
-    def _write(self, c: Any, projection: Projection, batch: Sequence[Notice], shadow: bool) -> None:
+    def _write(self, c: Any, projection: Projection, batch: Page, shadow: bool) -> None:
         if not batch:
             return
 
@@ -293,15 +297,15 @@ class ReadModels(ABC):
     def _writes_skipping(
         self,
         projection: Projection,
-        batch: Sequence[Notice],
+        batch: Page,
         lookup: Lookup,
         c: Any,
         shadow: bool,
     ) -> list[Write]:
         skipped: list[tuple[Any, ...]] = []
-        for notice in batch:
+        for i, notice in enumerate(batch):
             try:
-                writes = projection.writes([notice], lookup)
+                writes = projection.writes(batch[i : i + 1], lookup)
             except UNREADABLE as exc:
                 why = first_line(exc)[:SKIPPED_ERROR_CHARS]
                 skipped.append((notice.id, notice.topic, notice.key, notice.version, why))
@@ -314,12 +318,15 @@ class ReadModels(ABC):
             if write.rows:
                 c.executemany(self._write_sql(write, shadow), write.rows)
 
+    def _rows_sql(self, table: Table) -> str:
+        """What an INSERT of ``table``'s rows takes its rows from (one row of parameters)."""
+        return "VALUES (" + ", ".join([self.placeholder] * len(table.columns)) + ")"
+
     def _write_sql(self, write: Write, shadow: bool) -> str:
         table = write.table
         name = self._qualified(self._name(table, shadow))
         cols = ", ".join(f'"{c}"' for c in table.column_names)
-        marks = ", ".join([self.placeholder] * len(table.columns))
-        insert = f"INSERT INTO {name} AS t ({cols}) VALUES ({marks})"
+        insert = f"INSERT INTO {name} AS t ({cols}) {self._rows_sql(table)}"
         if isinstance(write, Insert):
             return insert
         assert isinstance(write, Upsert)
@@ -469,7 +476,7 @@ class ReadModels(ABC):
             events = 0
             for batch in fetch(at, target):
                 self._write(c, projection, batch, shadow=True)
-                events += len(batch)
+                events += batch.rows_read
             live_error: str | None = None
             if live < target:
                 c.execute("SAVEPOINT live_catch_up")

@@ -33,7 +33,7 @@ from typing import Any, Self
 
 from eventsourcing.persistence import ApplicationRecorder, Notification, Subscription
 
-from domain.log import Notice, log_reader, notices
+from domain.log import Page, log_reader
 from domain.service import CurationService
 from domain.store_errors import first_line
 from domain.transitions import JobState
@@ -158,7 +158,7 @@ class Projections:
         self,
         projections: Sequence[Projection],
         positions: dict[str, int],
-        batch: Sequence[Notice],
+        batch: Page,
         start: int,
         upto: int,
     ) -> bool:
@@ -170,8 +170,7 @@ class Projections:
             if after < start:
                 return False  # the batch does not reach back that far
             while after < upto:
-                topics = self._topic_sets[projection.name]
-                relevant = [n for n in batch if n.id > after and n.topic in topics]
+                relevant = batch.after(after, self._topic_sets[projection.name])
                 try:
                     self.store.apply(projection, relevant, after=after, upto=upto)
                     after = upto
@@ -244,7 +243,7 @@ class Projections:
                             break
                     with self._processing:
                         positions = self.store.positions(PROJECTIONS)
-                        decoded = notices(batch, self.service.mapper)
+                        decoded = Page.of(batch, self.service.mapper)
                         complete = self._process(
                             PROJECTIONS, positions, decoded, covered, batch[-1].id
                         )

@@ -47,8 +47,18 @@ class SQLiteReadModels(SQLiteTrackingRecorder, ReadModels):
         key = self.tracking_key(projection)
         holder = f"pid {os.getpid()} on {socket.gethostname()}, {uuid4().hex[:8]}"
         self._lease(projection, key, holder, take=True)
+        renewed = time.monotonic()
+
+        def keep() -> None:
+            # The lease cannot be taken before it expires, so renewing it half way through
+            # holds it as surely as renewing after every batch, for one commit, not many.
+            nonlocal renewed
+            if time.monotonic() - renewed >= REBUILD_LEASE_SECONDS / 2:
+                self._lease(projection, key, holder, take=False)
+                renewed = time.monotonic()
+
         try:
-            yield lambda: self._lease(projection, key, holder, take=False)
+            yield keep
         finally:
             with suppress(*DB_ERRORS), self._transaction(write=True) as c:
                 c.execute(

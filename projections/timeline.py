@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
 from uuid import UUID
@@ -80,6 +80,9 @@ from domain.log import (
     JOB_TOPICS,
     STATE_AFTER,
     UNREADABLE,
+    LogReader,
+    Stored,
+    log_reader,
 )
 from domain.store_errors import first_line, store_call
 from projections.decisions import DecisionsProjection
@@ -107,18 +110,31 @@ _FAILURE_KEYS = ("reason", "message", "decision_id")
 
 
 class StoredHistory(Sequence[HistoryEntry]):
-    """An aggregate's events as read in one query, each decoded into a HistoryEntry the first
-    time it is looked at. Names and versions come from the stored rows without decoding, so a
-    job of 10k progress entries costs one read, and decoding only for what is shown."""
+    """An aggregate's events as read in one query (``LogReader.aggregate``), each decoded into
+    a HistoryEntry the first time it is looked at. Names and versions come from the stored
+    rows without decoding, so a job of 10k progress entries costs one read, and decoding only
+    for what is shown. Rows read without their states (a long job's) get them from the store
+    as they are decoded: ``read`` fetches many in one query, as iterating does."""
 
-    def __init__(self, svc: CurationService, aggregate: str, stored: Sequence[StoredEvent]) -> None:
+    def __init__(
+        self,
+        svc: CurationService,
+        log: LogReader,
+        aggregate: str,
+        aggregate_id: UUID,
+        rows: Sequence[Stored],
+    ) -> None:
         self._mapper = svc.mapper
+        self._url = svc.url
+        self._log = log
         self._aggregate = aggregate
-        self._stored = list(stored)
-        self._decoded: list[HistoryEntry | None] = [None] * len(self._stored)
+        self._id = aggregate_id
+        self._rows = rows
+        self._decoded: list[HistoryEntry | None] = [None] * len(rows)
+        self._states: dict[int, bytes] = {}  # index -> state, of rows read without it
 
     def __len__(self) -> int:
-        return len(self._stored)
+        return len(self._rows)
 
     @overload
     def __getitem__(self, index: int) -> HistoryEntry: ...
@@ -128,31 +144,55 @@ class StoredHistory(Sequence[HistoryEntry]):
 
     def __getitem__(self, index: int | slice) -> HistoryEntry | Sequence[HistoryEntry]:
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            indexes = range(*index.indices(len(self)))
+            self.read(indexes)
+            return [self[i] for i in indexes]
+        index = range(len(self))[index]  # IndexError outside, as a list's
         entry = self._decoded[index]
         if entry is None:
-            stored = self._stored[index]
+            version, topic, state = self._rows[index]
+            if state is None:
+                self.read([index])
+                state = self._states.pop(index)
             try:
-                event = self._mapper.to_domain_event(stored)
+                event = self._mapper.to_domain_event(StoredEvent(self._id, version, topic, state))
             except UNREADABLE as exc:
-                raise UnreadableEvent(
-                    self._aggregate,
-                    stored.originator_id,
-                    stored.originator_version,
-                    first_line(exc),
-                ) from None
+                raise UnreadableEvent(self._aggregate, self._id, version, first_line(exc)) from None
             entry = self._decoded[index] = HistoryEntry.of(self._aggregate, event)
         return entry
+
+    def __iter__(self) -> Iterator[HistoryEntry]:
+        self.read(range(len(self)))
+        return (self[i] for i in range(len(self)))
+
+    def read(self, indexes: Iterable[int]) -> None:
+        """Reads, in one query, the states of the events at ``indexes`` that are to be decoded
+        and were read without them."""
+        rows, decoded, states = self._rows, self._decoded, self._states
+        wanted = {
+            rows[i][0]: i
+            for i in indexes
+            if rows[i][2] is None and decoded[i] is None and i not in states
+        }
+        if wanted:
+            with store_call(self._url):
+                found = self._log.states_of(self._id, list(wanted))
+            for version, state in found.items():
+                states[wanted[version]] = state
 
     def name(self, index: int) -> str:
         """The event's class name (``ProgressRecorded``...), from its topic: no decoding."""
         return self.topic(index).rsplit(".", 1)[-1]
 
     def topic(self, index: int) -> str:
-        return self._stored[index].topic
+        return self._rows[index][1]
 
     def version(self, index: int) -> int:
-        return self._stored[index].originator_version
+        return self._rows[index][0]
+
+    def having(self, topics: Collection[str]) -> list[int]:
+        """The indexes of the events of ``topics``: no decoding."""
+        return [i for i, row in enumerate(self._rows) if row[1] in topics]
 
 
 class Timeline:
@@ -176,7 +216,7 @@ class Timeline:
         # problem: Submitted and Started are saved together). check_invariants reports them.
         self.missing_invocations = tuple(missing_invocations)
         self.version = events.version(len(events) - 1)  # without decoding it
-        self._setting_fields = [i for i in range(len(events)) if events.topic(i) in _SETS_FIELDS]
+        self._setting_fields = events.having(_SETS_FIELDS)
         self.current = self._read_state(self.version)
 
     @classmethod
@@ -195,13 +235,15 @@ class Timeline:
     def _load(
         cls, svc: CurationService, job_uuid: UUID, projections: Projections | None
     ) -> Timeline:
+        log = log_reader(svc.recorder, svc.mapper)
         with store_call(svc.url):
-            stored = svc.recorder.select_events(job_uuid)
-        if not stored or stored[0].topic not in JOB_TOPICS:  # say, a decision's id
-            raise JobNotFound(job_uuid)
-        events = StoredHistory(svc, "job", stored)
-        starts = [i for i, e in enumerate(stored) if e.topic in JOB_STARTS_INVOCATION]
-        started = [events[i].data["invocation_id"] for i in starts]
+            rows = log.aggregate(job_uuid, states=False)
+            events = StoredHistory(svc, log, "job", job_uuid, rows)
+            if not events or events.topic(0) not in JOB_TOPICS:  # say, a decision's id
+                raise JobNotFound(job_uuid)
+            fields = events.having(_SETS_FIELDS)
+            events.read([*fields, len(events) - 1])  # what this and the current state decode
+        started = [events[i].data["invocation_id"] for i in events.having(JOB_STARTS_INVOCATION)]
         invocations: list[InvocationRecord] = []
         missing: list[UUID] = []
         for invocation_id in dict.fromkeys(started):
@@ -215,10 +257,8 @@ class Timeline:
         read_models.catch_up(READ_MODELS)
         for history in _unrecognised(svc, read_models, job_uuid, {str(i) for i in started}):
             invocations.append(InvocationRecord.of(label_for(len(invocations)), history))
-        named = {
-            events[i].data.get("decision_id") for i, e in enumerate(stored) if e.topic == JOB_FAILED
-        }
-        decisions = _decisions(svc, read_models, job_uuid, {str(d) for d in named if d})
+        named = {events[i].data.get("decision_id") for i in events.having({JOB_FAILED})}
+        decisions = _decisions(svc, log, read_models, job_uuid, {str(d) for d in named if d})
         return cls(svc, job_uuid, events, invocations, decisions, missing)
 
     # -- time travel --------------------------------------------------------------------------
@@ -297,13 +337,14 @@ class Timeline:
 
     def _collapsed(self, limit: int) -> list[HistoryEntry]:
         events = self.events
-        name = events.name
+        runs = self._runs()
+        events.read(
+            i
+            for start, end in runs
+            for i in (range(start, end) if end - start <= limit else (start, start + 1, end - 1))
+        )
         rows: list[HistoryEntry] = []
-        start, total = 0, len(events)
-        while start < total:
-            end = start + 1
-            while end < total and name(end) == name(start):
-                end += 1
+        for start, end in runs:
             if end - start <= limit:
                 rows.extend(events[i] for i in range(start, end))
             else:
@@ -320,8 +361,20 @@ class Timeline:
                     )
                 )
                 rows.append(last)
-            start = end
         return rows
+
+    def _runs(self) -> list[tuple[int, int]]:
+        """(start, end) of each run of consecutive job events of one name."""
+        name = self.events.name
+        runs: list[tuple[int, int]] = []
+        start, total = 0, len(self.events)
+        while start < total:
+            end = start + 1
+            while end < total and name(end) == name(start):
+                end += 1
+            runs.append((start, end))
+            start = end
+        return runs
 
     def summary(self) -> dict[str, Any]:
         completions = [c for i in self.invocations for c in i.completions]
@@ -425,7 +478,7 @@ def _unrecognised(
 
 
 def _decisions(
-    svc: CurationService, read_models: Projections, job_id: UUID, named: set[str]
+    svc: CurationService, log: LogReader, read_models: Projections, job_id: UUID, named: set[str]
 ) -> list[DecisionRecord]:
     """The Cedar decisions about this job as the decisions read model has them — those it asked
     for, and those its failures name (a denial joins the decision another job's denial of the
@@ -439,7 +492,9 @@ def _decisions(
     rows.sort(key=lambda r: (r.requested_at or "", r.decision_id))
     records: list[DecisionRecord] = []
     for row in rows:
+        decision = UUID(row.decision_id)
         with store_call(svc.url):
-            stored = svc.recorder.select_events(UUID(row.decision_id), lte=row.version)
-        records.append(DecisionRecord.of(row, StoredHistory(svc, "decision", stored)))
+            stored = log.aggregate(decision, lte=row.version)
+        history = StoredHistory(svc, log, "decision", decision, stored)
+        records.append(DecisionRecord.of(row, history))
     return records

@@ -17,26 +17,30 @@ never have been written: the replay to the head checks every job event against t
 table from the state the job's previous event left it in (``invalid_transition``), reports an
 event it cannot decode or fold (``undecodable``; that aggregate is not folded further), and
 every job snapshot is compared with the fold of its events up to its version (``snapshot``,
-``domain.snapshots.check_snapshots``). Each counts as drift.
+``domain.snapshots.SnapshotCheck``, as the replay folds the job). Each counts as drift.
 
 It needs the read models' recorder, the log reader, the service (for its snapshots) and the
 projection definitions; catching a projection up is the runner's job, which the caller passes
 in (``catch_up``).
 
-Memory: the replay holds every aggregate (up to the highest position) at once.
+Memory: the replay reads the log one aggregate at a time (``LogReader.by_aggregate``) and
+keeps of each only the rows it implies, so it holds one aggregate's events, not the log's.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
 
 from domain.authorization import Decision
+from domain.invocation import Invocation
 from domain.job import CurationJob
 from domain.log import (
     APPLIED,
@@ -50,9 +54,10 @@ from domain.log import (
     UNATTRIBUTED_ORPHAN_STOPPED,
     UNREADABLE,
     LogReader,
+    Notice,
     invalid_step,
 )
-from domain.snapshots import check_snapshots
+from domain.snapshots import SnapshotCheck, SnapshotProblem
 from domain.store_errors import first_line
 from projections.catalog import PROJECTIONS
 from projections.errors import ProjectionFailed
@@ -61,7 +66,6 @@ from projections.recorders import ReadModels
 from projections.schema import DECISIONS, DISPATCH_AUDIT, JOB_STATUS, SESSIONS, Table
 
 DETAILS_LIMIT = 100
-REPLAY_BATCH = 2000
 
 # Every event of these aggregates is replayed, whatever its name.
 _REPLAYED = (f"{JOB}.", f"{INVOCATION}.", f"{DECISION}.", UNATTRIBUTED_ORPHAN_STOPPED)
@@ -140,10 +144,11 @@ def verify_read_models(
                 unsound.add(projection.name)
     views = {projection.name: store.snapshot(projection) for projection in PROJECTIONS}
     head = max(log.head(), head)
-    replays: dict[int, Expected] = {}
-    for position in sorted({head, *(min(v.position, head) for v in views.values())}):
+    snapshots = SnapshotCheck(app)
+    replays = {head: replay(log, head, snapshots)}
+    for position in {min(v.position, head) for v in views.values()} - {head}:
         replays[position] = replay(log, position)
-    snapshots_checked, history = _history_problems(replays[head], app)
+    history = _history_problems(replays[head], snapshots)
     problems.extend(history)
     checks: list[ProjectionCheck] = []
     for projection in PROJECTIONS:
@@ -178,21 +183,20 @@ def verify_read_models(
         head=head,
         projections=checks,
         details=problems[:DETAILS_LIMIT],
-        snapshots=snapshots_checked,
+        snapshots=snapshots.checked,
         history=len(history),
     )
 
 
-def _history_problems(expected: Expected, app: Application[UUID]) -> tuple[int, list[Discrepancy]]:
-    """(snapshots checked, what is wrong in the store itself): the replay's invalid transitions
-    and undecodable events, then every snapshot that is not the fold of its events."""
-    jobs = [key for key, a in expected.aggregates.items() if isinstance(a, CurationJob)]
-    checked, found = check_snapshots(app, jobs)
-    snapshots = [
+def _history_problems(expected: Expected, snapshots: SnapshotCheck) -> list[Discrepancy]:
+    """What is wrong in the store itself: the replay's invalid transitions and undecodable
+    events, then every snapshot that is not the fold of its events."""
+    snapshots.rest()
+    found = [
         Discrepancy(SNAPSHOTS, "snapshot", f"{p.aggregate_id}@{p.version}", p.fields, p.why)
-        for p in found
+        for p in snapshots.problems
     ]
-    return checked, [*expected.problems, *snapshots]
+    return [*expected.problems, *found]
 
 
 def _skipped(projection: Projection, rows: Sequence[tuple[Any, ...]]) -> list[Discrepancy]:
@@ -261,81 +265,109 @@ class Completion:
     params: dict[str, Any]
     verdict: Any  # the Applied or Discarded event
 
+    @classmethod
+    def of(cls, position: int, invocation_id: str, finished: Any, verdict: Any) -> Completion:
+        """A verdict and the Finished before it (None: the run has none)."""
+        if finished is None:
+            return cls(position, invocation_id, None, {}, verdict)
+        return cls(position, invocation_id, finished.action, dict(finished.params), verdict)
+
 
 @dataclass
 class Expected:
-    """Aggregates replayed up to a position, and the rows they imply."""
+    """The rows the aggregates replayed up to a position imply, and what the replay found
+    wrong in the log. Folded one aggregate at a time (``fold``); of each it keeps its row (a
+    job's, a decision's), its run (an invocation's job and attempt), its completions and the
+    sessions it stopped, never the aggregate itself."""
 
-    aggregates: dict[str, Any] = field(default_factory=dict)
-    last_position: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    decisions: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    runs: dict[str, tuple[str, int]] = field(default_factory=dict)  # invocation -> job, attempt
     problems: list[Discrepancy] = field(default_factory=list)  # EVENTS: invalid, undecodable
-    unreadable: set[str] = field(default_factory=set)  # aggregates not folded past a bad event
     completions: list[Completion] = field(default_factory=list)
     stops: dict[str, list[tuple[int, str | None, Any]]] = field(
         default_factory=lambda: defaultdict(list)
     )  # session id -> (position, the invocation named, if any, event): compensations, reconciles
 
+    def fold(self, key: str, notices: Iterable[Notice], check: SnapshotCheck | None = None) -> None:
+        """Folds one aggregate's notices (in version order), noting each job event the
+        transition table forbids, and stops at one it cannot decode or fold; with ``check``,
+        compares the aggregate's snapshots with the fold as it goes."""
+        snapshots = check.of(key) if check is not None else None
+        aggregate: Any = None
+        position = 0
+        finished: Any = None  # the Finished awaiting its verdict
+        unreadable = False
+        problems: list[SnapshotProblem] = []
+        for notice in notices:
+            at = f"{key}@{notice.version}"
+            if notice.topic in JOB_TRANSITIONS:
+                state = getattr(aggregate, "state", None)
+                why = invalid_step(notice.topic, None if state is None else str(state))
+                if why is not None:
+                    self.problems.append(Discrepancy(EVENTS, "invalid_transition", at, message=why))
+            try:
+                event: Any = notice.event
+                aggregate = event.mutate(aggregate)
+            except UNREADABLE as exc:
+                why = f"notification {notice.id} ({notice.topic}): {first_line(exc)}"
+                self.problems.append(
+                    Discrepancy(EVENTS, "undecodable", at, message=f"{why}; not folded further")
+                )
+                unreadable = True
+                break
+            position = notice.id
+            if snapshots is not None:
+                problems += snapshots.folded(notice.version, aggregate)
+            finished = self._run_event(key, notice, event, finished)
+        if check is not None and snapshots is not None:
+            check.done(snapshots, problems, unreadable=unreadable)
+        if aggregate is not None:
+            self._keep(key, aggregate, position)
+
+    def _run_event(self, key: str, notice: Notice, event: Any, finished: Any) -> Any:
+        """Notes the completion or the session stop an invocation's event records; returns the
+        Finished still awaiting its verdict."""
+        topic = notice.topic
+        if topic == FINISHED:
+            return event
+        if topic in (APPLIED, DISCARDED):
+            self.completions.append(Completion.of(notice.id, key, finished, event))
+            return None
+        if topic in SESSION_STOPS:
+            run = None if topic == UNATTRIBUTED_ORPHAN_STOPPED else key
+            self.stops[str(event.session_id)].append((notice.id, run, event))
+        return finished
+
+    def _keep(self, key: str, aggregate: Any, position: int) -> None:
+        if isinstance(aggregate, CurationJob):
+            self.jobs[key] = _job_row(key, aggregate, position)
+        elif isinstance(aggregate, Decision):
+            self.decisions[key] = _decision_row(key, aggregate, position)
+        elif isinstance(aggregate, Invocation):
+            self.runs[key] = (str(aggregate.job_id), aggregate.attempt)
+
     def rows(self, table: Table) -> dict[str, tuple[Any, ...]]:
         if table is JOB_STATUS:
-            return self._jobs()
+            return self.jobs
         if table is DISPATCH_AUDIT:
             return self._audit()
         if table is SESSIONS:
             return self._sessions()
         if table is DECISIONS:
-            return self._decisions()
+            return self.decisions
         raise KeyError(table.name)
-
-    def _of(self, kind: type[Any]) -> Iterator[tuple[str, Any]]:
-        return ((k, a) for k, a in self.aggregates.items() if isinstance(a, kind))
-
-    def _jobs(self) -> dict[str, tuple[Any, ...]]:
-        return {
-            key: (
-                key,
-                str(job.state),
-                job.attempt,
-                job.session_id,
-                job.version,
-                None if job.current_invocation is None else str(job.current_invocation),
-                job.modified_on.isoformat(),
-                self.last_position[key],
-            )
-            for key, job in self._of(CurationJob)
-        }
-
-    def _decisions(self) -> dict[str, tuple[Any, ...]]:
-        return {
-            key: (
-                key,
-                str(d.status),
-                d.principal,
-                d.action,
-                d.resource,
-                d.job_id,
-                d.invocation_id,
-                None if d.policy_id is None else str(d.policy_id),
-                d.decided_by,
-                d.created_on.isoformat(),
-                d.version,
-                self.last_position[key],
-            )
-            for key, d in self._of(Decision)
-        }
-
-    def _invocation(self, invocation_id: str) -> Any:
-        return self.aggregates.get(invocation_id)
 
     def _audit(self) -> dict[str, tuple[Any, ...]]:
         rows: dict[str, tuple[Any, ...]] = {}
         for c in self.completions:
-            invocation = self._invocation(c.invocation_id)
+            job_id, attempt = self.runs.get(c.invocation_id, (None, None))
             applied = type(c.verdict).__name__ == "Applied"
             rows[str(c.position)] = (
                 c.position,
                 c.invocation_id,
-                None if invocation is None else str(invocation.job_id),
-                None if invocation is None else invocation.attempt,
+                job_id,
+                attempt,
                 c.action,
                 "applied" if applied else "discarded",
                 None if applied else str(c.verdict.reason),
@@ -365,10 +397,10 @@ class Expected:
             reports = [f[2] for f in facts if f[2] is not None]
             verdict = ("applied" if any(reports) else "discarded") if reports else None
             compensated = int(any(f[2] is None for f in facts))
-            invocation = None if invocation_id is None else self._invocation(invocation_id)
+            run = None if invocation_id is None else self.runs.get(invocation_id)
             rows[session_id] = (
                 session_id,
-                None if invocation is None else str(invocation.job_id),
+                None if run is None else run[0],
                 invocation_id,
                 verdict,
                 first.timestamp.isoformat(),
@@ -379,46 +411,41 @@ class Expected:
         return rows
 
 
-def replay(log: LogReader, upto: int) -> Expected:
-    """Replays every job, invocation and decision in the log up to ``upto``, noting each job
-    event the transition table forbids and each event that cannot be decoded or folded."""
+def replay(log: LogReader, upto: int, snapshots: SnapshotCheck | None = None) -> Expected:
+    """Replays every job, invocation and decision in the log up to ``upto``, one aggregate at
+    a time (``Expected.fold``); with ``snapshots``, checks the jobs' snapshots as it goes."""
     expected = Expected()
-    pending: dict[str, Any] = {}  # invocation id -> its Finished event awaiting a verdict
-    for notice in log.notices((), after=0, upto=upto, limit=REPLAY_BATCH):
-        topic = notice.topic
-        key = notice.key
-        if not topic.startswith(_REPLAYED) or key in expected.unreadable:
-            continue
-        before = expected.aggregates.get(key)
-        at = f"{key}@{notice.version}"
-        if topic in JOB_TRANSITIONS:
-            state = getattr(before, "state", None)
-            why = invalid_step(topic, None if state is None else str(state))
-            if why is not None:
-                expected.problems.append(Discrepancy(EVENTS, "invalid_transition", at, message=why))
-        try:
-            event: Any = notice.event
-            expected.aggregates[key] = event.mutate(before)
-        except UNREADABLE as exc:
-            expected.unreadable.add(key)
-            why = f"notification {notice.id} ({topic}): {first_line(exc)}; not folded further"
-            expected.problems.append(Discrepancy(EVENTS, "undecodable", at, message=why))
-            continue
-        expected.last_position[key] = notice.id
-        if topic == FINISHED:
-            pending[key] = event
-        elif topic in (APPLIED, DISCARDED):
-            finished = pending.pop(key, None)
-            expected.completions.append(
-                Completion(
-                    position=notice.id,
-                    invocation_id=key,
-                    action=None if finished is None else finished.action,
-                    params={} if finished is None else dict(finished.params),
-                    verdict=event,
-                )
-            )
-        elif topic in SESSION_STOPS:
-            run = None if topic == UNATTRIBUTED_ORPHAN_STOPPED else key
-            expected.stops[str(event.session_id)].append((notice.id, run, event))
+    replayed = (n for n in log.by_aggregate(upto) if n.topic.startswith(_REPLAYED))
+    for key, notices in groupby(replayed, key=attrgetter("key")):
+        expected.fold(key, notices, snapshots)
     return expected
+
+
+def _job_row(key: str, job: CurationJob, position: int) -> tuple[Any, ...]:
+    return (
+        key,
+        str(job.state),
+        job.attempt,
+        job.session_id,
+        job.version,
+        None if job.current_invocation is None else str(job.current_invocation),
+        job.modified_on.isoformat(),
+        position,
+    )
+
+
+def _decision_row(key: str, d: Decision, position: int) -> tuple[Any, ...]:
+    return (
+        key,
+        str(d.status),
+        d.principal,
+        d.action,
+        d.resource,
+        d.job_id,
+        d.invocation_id,
+        None if d.policy_id is None else str(d.policy_id),
+        d.decided_by,
+        d.created_on.isoformat(),
+        d.version,
+        position,
+    )

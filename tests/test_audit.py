@@ -32,7 +32,7 @@ from projections.errors import VersionOutOfRange
 from projections.invariants import check_invariants
 from projections.runner import Projections
 from projections.timeline import Timeline, label_for
-from projections.timeline_records import InvocationRecord
+from projections.timeline_records import InvocationRecord, event_json
 from scripts import cli
 
 ENDPOINT = "http://127.0.0.1:8080/sessions"
@@ -247,6 +247,20 @@ def test_human_rows_collapse_long_runs_and_the_json_keeps_every_event(
     assert [e["version"] for e in timeline.to_json()["events"]] == list(range(1, 41))
     short_runs = timeline.entries(collapse=30)
     assert [e.version for e in short_runs if e.name == "ProgressRecorded"] == list(range(8, 38))
+
+
+def test_each_event_shows_its_own_data_whichever_of_them_were_decoded_first(
+    svc: CurationService,
+) -> None:
+    """A long job's events are read without their states, which are fetched as events are
+    decoded (a few at load, the collapsed rows', then the rest): each shows its own."""
+    run = long_job(svc, progress=30)
+    timeline = Timeline.load(svc, run.job_id)
+    timeline.entries(collapse=10)
+    timeline.state_at(20)
+    expected = [event_json(e) for e in svc.history(run.job_id, invocations=False)]
+    assert timeline.to_json()["events"] == expected
+    assert [event_json(e) for e in timeline.events[5:9]] == expected[5:9]
 
 
 @pytest.mark.parametrize("version", [0, -1, 8, 10**9])

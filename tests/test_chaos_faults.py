@@ -26,7 +26,7 @@ from bootstrap import Settings, System, build_system
 from domain import CurationService, Dispatch, JobState, StoreUnavailable, StoreURLError
 from domain.cedar import default_policies
 from domain.followers import LogFollower
-from domain.log import STARTED, LogReader, Notice
+from domain.log import STARTED, Keep, LogReader, Notice, Page
 from domain.store_url import parse_store_url, redact
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from integrations.dispatcher import Dispatcher, RunOutcome
@@ -121,11 +121,13 @@ class DropsOnce:
         self.calls = 0
         self.fail_at = fail_at
 
-    def read(self, after: int, upto: int, topics: Any, limit: int) -> tuple[list[Notice], int]:
+    def read(
+        self, after: int, upto: int, topics: Any, limit: int, keep: Keep = lambda page: page
+    ) -> tuple[Page, int]:
         self.calls += 1
         if self.calls == self.fail_at:
             raise OperationalError(DROPPED)
-        return self.read_batch(after, upto, topics, limit)
+        return self.read_batch(after, upto, topics, limit, keep)
 
 
 def test_a_connection_dropped_mid_read_is_store_unavailable_and_a_follower_resumes(

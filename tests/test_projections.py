@@ -16,7 +16,7 @@ from eventsourcing.persistence import IntegrityError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domain import CurationService
+from domain import CurationService, log
 from projections.catalog import PROJECTION_NAMES
 from projections.errors import ProjectionFailed, UnknownFilter, UnknownProjection
 from projections.recorders import PositionMoved
@@ -232,6 +232,23 @@ def test_rebuild_reports_equal_checksums_and_replaces_the_tables(service: Curati
             assert report.events > 0
             assert seen[-1] == (report.position, report.position)
     assert_parity(p)
+
+
+def test_a_rebuild_keeping_part_of_each_page_folds_what_the_live_view_folded(
+    service: CurationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild of job_status keeps of each page it reads only the last event of each job
+    and the events whose payload its fold reads; with pages far smaller than its batches the
+    rebuilt rows are still the live ones, and every job event counts as replayed."""
+    monkeypatch.setattr(log, "READ_PAGE", 7)
+    Workload(service).incident(jobs=8, seed=5)
+    random_workload(service, 60, seed=5)
+    p = Projections(service)
+    p.catch_up()
+    live = p.checksum("job_status")
+    report = p.rebuild("job_status", progress=False)
+    assert report.checksum_live == report.checksum_rebuilt == live
+    assert report.events == sum(1 for _ in p.log.notices(log.JOB_TOPICS))
 
 
 def test_rebuild_repairs_a_corrupted_view(service: CurationService) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -150,6 +151,24 @@ def test_verify_reports_a_changed_snapshot_with_its_job_and_version(
     human = sequent("verify", *db)
     assert human.code == EXIT_FAILED
     assert f"snapshot {job_id}@{SNAPSHOT_INTERVAL}: differs" in human.out
+
+
+def test_verify_reports_a_snapshot_at_a_version_its_job_never_reached(
+    svc: CurationService, sequent: Cli, shared_store_url: str
+) -> None:
+    """The replay checks each job's snapshots as it folds the job; one past the job's last
+    event is checked after it, from the store."""
+    job_id = running_job(svc, SNAPSHOT_INTERVAL + 2)
+    assert svc.snapshots is not None
+    (stored,) = svc.snapshots.recorder.select_events(job_id)
+    beyond = SNAPSHOT_INTERVAL + 7
+    svc.snapshots.recorder.insert_events([replace(stored, originator_version=beyond)])
+
+    report = sequent("verify", "--json", "--db", shared_store_url).failed_json()
+    assert report["snapshots"] == 2
+    (detail,) = report["details"]
+    assert (detail["kind"], detail["key"]) == ("snapshot", f"{job_id}@{beyond}")
+    assert detail["message"] == "the job has no event at its version"
 
 
 def test_verify_and_the_offline_check_find_an_invalid_transition_in_the_log(
