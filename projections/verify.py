@@ -59,6 +59,7 @@ from domain.log import (
 )
 from domain.snapshots import SnapshotCheck, SnapshotProblem
 from domain.store_errors import first_line
+from domain.work import WorkTable, work_drift
 from projections.catalog import PROJECTIONS
 from projections.errors import ProjectionFailed
 from projections.projection import Projection
@@ -75,13 +76,14 @@ _SESSION_SPAWNED = "SessionSpawned"
 # Discrepancy.projection of what is wrong in the store itself rather than in a read model.
 EVENTS = "events"  # invalid_transition, undecodable: key "<aggregate id>@<version>"
 SNAPSHOTS = "snapshots"  # snapshot: key "<job id>@<version>"
+WORK = "work_table"  # the workers' table against the log: key "run <id>" or "job <id>"
 
 
 @dataclass(frozen=True)
 class Discrepancy:
     projection: str  # a read model, or EVENTS / SNAPSHOTS
     # A read model's: missing | extra | drifted | tracking | skipped;
-    # the store's: invalid_transition | undecodable | snapshot.
+    # the store's: invalid_transition | undecodable | snapshot | work_table.
     kind: str
     key: str
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)  # column -> expected, actual
@@ -111,7 +113,9 @@ class VerifyReport:
     projections: list[ProjectionCheck]
     details: list[Discrepancy]  # the first DETAILS_LIMIT discrepancies
     snapshots: int = 0  # job snapshots compared with the fold of their events
-    history: int = 0  # invalid transitions, undecodable events, snapshots that differ
+    history: int = (
+        0  # invalid transitions, undecodable events, snapshots and work-table rows that differ
+    )
 
 
 def verify_read_models(
@@ -148,7 +152,7 @@ def verify_read_models(
     replays = {head: replay(log, head, snapshots)}
     for position in {min(v.position, head) for v in views.values()} - {head}:
         replays[position] = replay(log, position)
-    history = _history_problems(replays[head], snapshots)
+    history = _history_problems(replays[head], snapshots) + _work_problems(app)
     problems.extend(history)
     checks: list[ProjectionCheck] = []
     for projection in PROJECTIONS:
@@ -186,6 +190,16 @@ def verify_read_models(
         snapshots=snapshots.checked,
         history=len(history),
     )
+
+
+def _work_problems(app: Application[UUID]) -> list[Discrepancy]:
+    """Where the store's work table (what workers find their runs and deadlines by) differs
+    from a fold of the log; none for a store without one."""
+    table = app.recorder
+    if not isinstance(table, WorkTable):
+        return []
+    drift = work_drift(table, app.recorder, app.mapper)
+    return [Discrepancy(WORK, "work_table", line.split(":")[0], message=line) for line in drift]
 
 
 def _history_problems(expected: Expected, snapshots: SnapshotCheck) -> list[Discrepancy]:

@@ -139,6 +139,18 @@ def test_verify_reports_parity_then_drift(sequent: Cli, incident: CurationServic
     assert "DRIFT" in human.out
 
 
+def test_verify_finds_a_work_table_row_the_log_does_not_explain(
+    sequent: Cli, incident: CurationService, db: str
+) -> None:
+    [run] = incident.start_jobs([{"target": "t"}])
+    with incident.recorder.datastore.transaction(commit=True) as c:  # type: ignore[attr-defined]
+        c.execute("UPDATE sequent_runs SET available_at = available_at + 3600")
+    drift = sequent("verify", "--json").failed_json()
+    (detail,) = [d for d in drift["details"] if d["projection"] == "work_table"]
+    assert detail["key"] == f"run {run.invocation_id}"
+    assert (drift["history"], drift["ok"]) == (1, False)
+
+
 @pytest.fixture
 def incident_store(shared_store_url: str) -> str:
     """The incident's store on SQLite and on PostgreSQL, its read models at the head."""

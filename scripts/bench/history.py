@@ -21,7 +21,7 @@ from domain.job import CurationJob
 from domain.outcomes import Applied
 from domain.service import completion_values
 from domain.transitions import TRANSITIONS
-from domain.work import changes_of
+from scripts.bench.stores import put_events
 
 EVENTS_PER_JOB = 10  # 6 of the job's (Created .. Completed), 4 of its invocation's
 PUT_EVENTS = 5000  # stored events per insert_events transaction
@@ -72,7 +72,7 @@ def fill_history(svc: CurationService, events: int) -> Filled:
     for index in range(jobs):
         pending += finished_job_events(svc, index, now)
         if len(pending) >= PUT_EVENTS or index == jobs - 1:
-            svc.events.put(pending, work=changes_of(pending))  # as CurationService.save does
+            put_events(svc, pending)
             written += len(pending)
             pending = []
     return Filled(jobs, written, time.perf_counter() - started)

@@ -48,7 +48,13 @@ from scripts.bench.harness import (
     Timings,
     load_average,
 )
-from scripts.bench.stores import ScratchStore, open_store, scratch_stores, submitted_job
+from scripts.bench.stores import (
+    ScratchStore,
+    open_store,
+    put_events,
+    scratch_stores,
+    submitted_job,
+)
 
 EVENTS_PER_JOB = 100  # Created, Submitted, SessionSpawned and progress; 3 invocation events
 RUNNING_AT_ONCE = 500  # jobs whose progress interleaves in the log
@@ -88,7 +94,7 @@ def fill_log(svc: CurationService, events: int) -> FilledLog:
     def put(force: bool = False) -> None:
         nonlocal pending
         if pending and (force or len(pending) >= PUT_EVENTS):
-            svc.events.put(pending)
+            put_events(svc, pending)
             pending = []
 
     for first in range(0, jobs, RUNNING_AT_ONCE):

@@ -25,6 +25,7 @@ from domain.invocation import Invocation
 from domain.job import CurationJob
 from domain.store_url import parse_store_url, postgres_conninfo
 from domain.transitions import TRANSITIONS
+from domain.work import changes_of
 from scripts.bench.harness import Bench
 
 
@@ -36,6 +37,12 @@ class ScratchStore:
     backend: str
     url: str
     env: dict[str, str]
+
+
+def put_events(svc: CurationService, events: Sequence[Any]) -> None:
+    """Events the bench built itself, into ``svc``'s store in one transaction, with the work
+    table's changes, as ``CurationService`` saves them (``verify`` checks the two agree)."""
+    svc.events.put(events, work=changes_of(events))
 
 
 def open_store(url: str) -> CurationService:
