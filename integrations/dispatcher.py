@@ -374,8 +374,12 @@ class Dispatcher:
         claimed = [d for d in dispatches if d is not None]
         self.stats.leased_elsewhere += len(dispatches) - len(claimed)
         self.stats.claim_commits += bool(claimed)
+        # Leased to this worker now: should reading their jobs fail, the next look claims
+        # them again rather than leave them until the lease runs out.
+        self._again.update(dict.fromkeys(d.invocation_id for d in claimed))
         jobs = self.service.jobs(list(dict.fromkeys(d.job_id for d in claimed)))
         for dispatch in claimed:
+            self._again.pop(dispatch.invocation_id)
             self._inflight[dispatch.invocation_id] = (dispatch.job_id, moment)
         return [self._run(dispatch, jobs[dispatch.job_id], moment) for dispatch in claimed]
 

@@ -411,3 +411,26 @@ def test_commands_between_terminations_succeed_or_say_store_unavailable(
     # An acknowledgement lost after the commit is re-decided as a recorded duplicate.
     assert all(v[0] == "Applied" and set(v[1:]) <= {"Discarded"} for v in verdicts), verdicts
     print(f"terminated {terminated} backends; retried: {outcomes}")
+
+
+def test_runs_claimed_just_before_the_store_dropped_are_claimed_again_not_left_to_their_lease() -> (
+    None
+):
+    svc = CurationService.open("memory://")
+    try:
+        [dispatch] = submitted(svc, 1)
+        dispatcher = Dispatcher(
+            svc,
+            FixedRunner(RunOutcome(ok={"session_id": "s-1"})),
+            lease=timedelta(minutes=10),  # far beyond the hang guard: only a reclaim finishes
+            store_retry_interval=0.001,
+        )
+        svc.jobs = failing(1, svc.jobs)  # type: ignore[method-assign]
+        run_until(dispatcher, lambda: dispatcher.stats.runs == 1)
+        claims = [e.name for e in svc.invocation_history(dispatch.invocation_id)].count("Claimed")
+        state = svc.get(dispatch.job_id).state
+    finally:
+        svc.close()
+    assert dispatcher.stats.store_retries == 1
+    assert claims == 2  # the claim whose job read failed, then this worker's own again
+    assert state == JobState.RUNNING
