@@ -31,6 +31,7 @@ from scripts.bench.stores import ScratchStore, open_store, scratch_stores
 # autocommit, no table lock, and the recorder's _insert_events hook skipped).
 DB_FUNCTIONS_BACKEND = "postgresql+db_functions"
 DB_FUNCTIONS_ENV = {PostgresFactory.POSTGRES_ENABLE_DB_FUNCTIONS: "y"}
+GUARDED_TARGET = 0.9  # DESIGN.md §7: against the bare pair doing the same storage work
 
 
 def measure(bench: Bench) -> list[Measurement]:
@@ -173,38 +174,36 @@ def measure_completions(
     finally:
         svc.close()
         bare.close()
-    ratio = guarded.rate() / single.rate()
+    vs_single = guarded.rate() / single.rate()
     return Measurement(
         name=GUARDED,
         backend=store.backend,
         unit="ops/s",
         value=guarded.rate(),
-        baseline=single.rate(),
+        baseline=pair.rate(),
         n=guarded.n,
         p50=guarded.percentile_us(0.5),
         p99=guarded.percentile_us(0.99),
-        target=Target(0.7, "ratio", ">="),
+        target=Target(GUARDED_TARGET, "ratio", ">="),
         notes=(
             "value: guarded svc.complete() per second (load job + invocation, decide, save both "
-            "in one transaction); baseline: bare eventsourcing get->command->save of a trivial "
-            "aggregate on the same kind of store. The guarded path does two aggregates' work "
-            "(3 events read, 3 written) against the bare loop's one (2 read, 1 written): see "
-            "details.ratio_per_aggregate_write and details.ratio_vs_bare_pair (the same storage "
-            "work without the guard)."
+            "in one transaction); baseline (DESIGN.md §7): a bare eventsourcing pair doing the "
+            "same storage work on the same kind of store (two aggregates loaded, 3 events "
+            "read, 3 written, one save) with no guard. details.bare: a bare get->command->save "
+            "of one trivial aggregate (2 read, 1 written), and the ratio against it."
         ),
         details={
             "loadavg_1m": load,
             "warmup": warmup,
             "rounds": rounds,
-            "bare": single.summary(),
+            "bare": {**single.summary(), "ops_per_s": single.rate()},
             "bare_pair": {**pair.summary(), "ops_per_s": pair.rate()},
-            "ratio_vs_bare_pair": guarded.rate() / pair.rate(),
+            "ratio_vs_bare_single": vs_single,
             "aggregates_written_per_op": {"guarded": 2, "bare": 1, "bare_pair": 2},
             "events_per_op": {
                 "guarded": {"read": 3, "written": 3},
                 "bare": {"read": 2, "written": 1},
                 "bare_pair": {"read": 3, "written": 3},
             },
-            "ratio_per_aggregate_write": ratio * 2,
         },
     )

@@ -226,7 +226,7 @@ SIDE_TARGETS = {
 def extra_ratios(m: Measurement) -> str:
     parts = [
         f"{key} {float(m.details[key]):.3f}"
-        for key in ("ratio_per_aggregate_write", "ratio_vs_bare_pair", "p99_ratio")
+        for key in ("ratio_vs_bare_single", "ratio_vs_library_scan", "p99_ratio")
         if key in m.details
     ]
     parts += [
