@@ -137,14 +137,24 @@ class SQLiteBatchApplicationRecorder(SQLiteBatchReads, SQLiteApplicationRecorder
 
 class PostgresBatchReads(PostgresAggregateRecorder):
     def select_events_of(self, after: Mapping[UUID, int]) -> Sequence[StoredEvent]:
-        statement = SQL(
+        found: list[StoredEvent] = self._select(
+            self.events_of_statement(), [list(after), list(after.values())]
+        )
+        return found
+
+    def events_of_statement(self) -> Composed:
+        """One primary-key range read per aggregate, whatever the statistics: LATERAL, and
+        OFFSET 0 so PostgreSQL does not flatten it back into a join. As a join, the plan
+        cached for this prepared statement was a hash join over the whole table (a generic
+        plan, made before the table was analyzed): a completion cost 1.9 ms at 10k events,
+        15 ms at 100k and 106 ms at 1M."""
+        return SQL(
             "SELECT e.* FROM unnest(%s::{id_type}[], %s::bigint[]) AS w(originator_id, gt) "
-            "JOIN {schema}.{table} e "
-            "ON e.originator_id = w.originator_id AND e.originator_version > w.gt "
+            "CROSS JOIN LATERAL (SELECT * FROM {schema}.{table} t "
+            "WHERE t.originator_id = w.originator_id AND t.originator_version > w.gt "
+            "OFFSET 0) e "
             "ORDER BY e.originator_id, e.originator_version"
         ).format(**self._names())
-        found: list[StoredEvent] = self._select(statement, [list(after), list(after.values())])
-        return found
 
     def select_latest_of(self, originator_ids: Sequence[UUID]) -> Sequence[StoredEvent]:
         statement = SQL(

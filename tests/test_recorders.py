@@ -227,3 +227,32 @@ def test_a_batch_of_completions_reads_its_jobs_and_invocations_in_two_queries(
     assert +(small - Counter(INSERT=small["INSERT"])) == +(large - Counter(INSERT=large["INSERT"]))
     if kind == "postgres":
         assert small == large, "statements that grow with the batch"
+
+
+@pytest.mark.postgres
+def test_a_batch_read_is_planned_as_key_lookups_even_before_the_table_is_analyzed(
+    pg_url: str,
+) -> None:
+    """The plan a long-lived worker caches for its prepared batch read (a generic plan) must
+    not scan the whole events table: its cost would then grow with the log."""
+    svc = open_service(Settings(store_url=pg_url))
+    try:
+        [dispatch] = svc.start_jobs([{"n": n} for n in range(200)])[:1]
+        recorder = svc.recorder
+        assert isinstance(recorder, PostgresBatchApplicationRecorder)
+        with recorder.datastore.get_connection() as conn:
+            text = recorder.events_of_statement().as_string(conn)
+            numbered = text.replace("%s", "$1", 1).replace("%s", "$2", 1)
+            conn.execute(sql.SQL("PREPARE batch AS {}").format(sql.SQL(numbered)))
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            explain = "EXPLAIN EXECUTE batch(ARRAY[{}]::uuid[], ARRAY[0]::bigint[])"
+            plan = conn.execute(
+                sql.SQL(explain).format(sql.Literal(str(dispatch.job_id)))
+            ).fetchall()
+            conn.execute("DEALLOCATE batch")
+            conn.execute("RESET plan_cache_mode")
+    finally:
+        svc.close()
+    lines = "\n".join(str(next(iter(row.values()))) for row in plan)
+    assert "Seq Scan on sequent_events" not in lines, lines
+    assert "sequent_events_pkey" in lines, lines
