@@ -30,6 +30,9 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.transitions import STATE_TIMEOUTS, JobState
 
+# Where a job's spec names the session service its integration talks to.
+SESSION_SERVICE_KEY = "session_service"
+
 HOLDING_STATES: frozenset[JobState] = frozenset(
     {JobState.RUNNING, JobState.FINALIZING, JobState.COMPLETED}
 )

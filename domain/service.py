@@ -6,7 +6,7 @@ and decides again, a bounded number of times. A conflict is never turned into a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -36,7 +36,7 @@ from domain.guard import Apply, decide
 from domain.ids import as_uuid
 from domain.invocation import DEFAULT_INTEGRATION, Invocation
 from domain.job import CurationJob
-from domain.orphan import OrphanSession, orphan_id
+from domain.orphan import HOLDING_STATES, OrphanSession, orphan_id
 from domain.outcomes import Applied, Dispatch, Verdict
 from domain.policy_book import PolicyBook
 from domain.snapshots import fold, job_from, latest_snapshots, load_job
@@ -462,6 +462,17 @@ class CurationService(Application[UUID]):
         the work table says; ``expire`` decides again on each loaded job."""
         with self._store_call():
             return self.work.overdue_jobs(overdue_before(now, timeouts, skip), limit)
+
+    def held_sessions(self, session_ids: Collection[str]) -> set[str]:
+        """Those of ``session_ids`` a job holds (``domain.orphan``: the last applied session
+        of a job Running, Finalizing or Completed), as the work table says now."""
+        with self._store_call():
+            return self.work.held_among(session_ids, [str(s) for s in HOLDING_STATES])
+
+    def session_services(self) -> list[str]:
+        """Every session service a job's spec names (``SESSION_SERVICE_KEY``), by URL."""
+        with self._store_call():
+            return self.work.session_services()
 
     def work_drift(self) -> list[str]:
         """Where the work table differs from a fold of the log (``domain.work.work_drift``)."""

@@ -15,7 +15,7 @@ saves from waiting on each other's rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from threading import RLock
 from typing import Any
 from uuid import UUID
@@ -29,6 +29,7 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL
 
 from domain.batch_reads import (
+    SQLITE_IDS_PER_STATEMENT,
     PostgresBatchAggregateRecorder,
     PostgresBatchApplicationRecorder,
     SQLiteBatchAggregateRecorder,
@@ -39,11 +40,19 @@ from domain.work import WorkChanges, WorkRows
 
 RUNS = "sequent_runs"
 TIMERS = "sequent_timers"
+SESSIONS = "sequent_job_sessions"
+SERVICES = "sequent_session_services"
 BUILT = "sequent_work_built"
+# Which tables a build filled: a store built before a table was added is filled again.
+# 1: runs and timers; 2: job sessions and session services.
+WORK_VERSION = 2
 Rows = list[tuple[Any, ...]]
 
 
-def _ddl(runs: str, timers: str, built: str, key: str, real: str) -> list[str]:
+def _ddl(prefix: str, key: str, real: str) -> list[str]:
+    runs, timers, sessions, services, built = (
+        f"{prefix}{t}" for t in (RUNS, TIMERS, SESSIONS, SERVICES, BUILT)
+    )
     return [
         f"CREATE TABLE IF NOT EXISTS {runs} (invocation_id {key} PRIMARY KEY, "
         f"job_id {key} NOT NULL, opened_at {real} NOT NULL, available_at {real} NOT NULL, "
@@ -52,6 +61,10 @@ def _ddl(runs: str, timers: str, built: str, key: str, real: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {timers} (job_id {key} PRIMARY KEY, "
         f"state TEXT NOT NULL, since {real} NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS sequent_timers_due ON {timers} (state, since)",
+        f"CREATE TABLE IF NOT EXISTS {sessions} (job_id {key} PRIMARY KEY, "
+        "session_id TEXT NOT NULL, state TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS sequent_job_sessions_session ON {sessions} (session_id)",
+        f"CREATE TABLE IF NOT EXISTS {services} (url TEXT PRIMARY KEY)",
         f"CREATE TABLE IF NOT EXISTS {built} (built INTEGER PRIMARY KEY)",
     ]
 
@@ -60,7 +73,10 @@ class WorkSQL:
     """The work table's statements for one store: table names and placeholder style differ,
     the SQL does not."""
 
-    def __init__(self, runs: str, timers: str, built: str, mark: str) -> None:
+    def __init__(self, prefix: str, mark: str) -> None:
+        runs, timers, sessions, services, built = (
+            f"{prefix}{t}" for t in (RUNS, TIMERS, SESSIONS, SERVICES, BUILT)
+        )
         m = mark
         self.upsert_run = (
             f"INSERT INTO {runs} (invocation_id, job_id, opened_at, available_at) "
@@ -74,6 +90,19 @@ class WorkSQL:
             "ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, since = excluded.since"
         )
         self.delete_timer = f"DELETE FROM {timers} WHERE job_id = {m}"
+        self.upsert_session = (
+            f"INSERT INTO {sessions} (job_id, session_id, state) VALUES ({m},{m},{m}) "
+            "ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id, "
+            "state = excluded.state"
+        )
+        self.move_session = f"UPDATE {sessions} SET state = {m} WHERE job_id = {m}"
+        self.add_service = f"INSERT INTO {services} (url) VALUES ({m}) ON CONFLICT DO NOTHING"
+        self.held = (  # {ids} and {states}: the store's way of listing many values
+            f"SELECT session_id FROM {sessions} "
+            "WHERE session_id IN ({ids}) AND state IN ({states})"
+        )
+        self.services = f"SELECT url FROM {services} ORDER BY url"
+        self.sessions = f"SELECT job_id, session_id, state FROM {sessions}"
         self.overdue = (
             f"SELECT job_id FROM {timers} WHERE state = {m} AND since <= {m} "
             f"ORDER BY since LIMIT {m}"
@@ -81,16 +110,19 @@ class WorkSQL:
         self.open_runs = f"SELECT invocation_id FROM {runs} ORDER BY opened_at, invocation_id"
         self.runs = f"SELECT invocation_id, job_id, opened_at, available_at FROM {runs}"
         self.timers = f"SELECT job_id, state, since FROM {timers}"
-        self.built = f"SELECT built FROM {built}"
-        self.mark_built = f"INSERT INTO {built} (built) VALUES (1) ON CONFLICT DO NOTHING"
+        self.built = f"SELECT built FROM {built} WHERE built >= {WORK_VERSION}"
+        self.mark_built = (
+            f"INSERT INTO {built} (built) VALUES ({WORK_VERSION}) ON CONFLICT DO NOTHING"
+        )
 
     def writes(self, changes: WorkChanges, key: Callable[[UUID], Any]) -> list[tuple[str, Rows]]:
-        """(statement, rows) for ``changes``, in one order for every save: runs then timers,
-        each by id."""
+        """(statement, rows) for ``changes``, in one order for every save: runs, timers,
+        sessions, services, each by id."""
         by_id: Callable[[tuple[UUID, Any]], UUID] = lambda item: item[0]  # noqa: E731
         opened = sorted(changes.opened.items(), key=by_id)
         leased = sorted(changes.leased.items(), key=by_id)
         timed = sorted(changes.timed.items(), key=by_id)
+        spawned = sorted(changes.spawned.items(), key=by_id)
         return [
             (stmt, rows)
             for stmt, rows in (
@@ -99,6 +131,9 @@ class WorkSQL:
                 (self.delete_run, [(key(r),) for r in sorted(changes.closed)]),
                 (self.upsert_timer, [(key(j), s, at) for j, (s, at) in timed]),
                 (self.delete_timer, [(key(j),) for j in sorted(changes.untimed)]),
+                (self.upsert_session, [(key(j), sid, st) for j, (sid, st) in spawned]),
+                (self.move_session, [(st, key(j)) for j, st in sorted(changes.moved.items())]),
+                (self.add_service, [(url,) for url in sorted(changes.services)]),
             )
             if rows
         ]
@@ -119,8 +154,8 @@ class _HeadMoved(Exception):
 class SQLiteStoreRecorder(SQLiteBatchApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.work_sql = WorkSQL(RUNS, TIMERS, BUILT, "?")
-        self.create_table_statements += _ddl(RUNS, TIMERS, BUILT, "TEXT", "REAL")
+        self.work_sql = WorkSQL("", "?")
+        self.create_table_statements += _ddl("", "TEXT", "REAL")
         events = self.events_table_name
         self.create_table_statements.append(
             f"CREATE INDEX IF NOT EXISTS {events}_indexed_topics ON {events} (topic) "
@@ -170,7 +205,27 @@ class SQLiteStoreRecorder(SQLiteBatchApplicationRecorder):
             runs = {UUID(r[0]): (UUID(r[1]), r[2], r[3]) for r in c.fetchall()}
             c.execute(self.work_sql.timers)
             timers = {UUID(r[0]): (r[1], r[2]) for r in c.fetchall()}
-        return WorkRows(runs, timers)
+            c.execute(self.work_sql.sessions)
+            sessions = {UUID(r[0]): (r[1], r[2]) for r in c.fetchall()}
+            c.execute(self.work_sql.services)
+            services = frozenset(r[0] for r in c.fetchall())
+        return WorkRows(runs, timers, sessions, services)
+
+    def held_among(self, session_ids: Collection[str], states: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        ids, marks = list(session_ids), ",".join("?" * len(states))
+        with self.datastore.transaction(commit=False) as c:
+            for first in range(0, len(ids), SQLITE_IDS_PER_STATEMENT):
+                chunk = ids[first : first + SQLITE_IDS_PER_STATEMENT]
+                query = self.work_sql.held.format(ids=",".join("?" * len(chunk)), states=marks)
+                c.execute(query, [*chunk, *states])
+                found.update(r[0] for r in c.fetchall())
+        return found
+
+    def session_services(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(self.work_sql.services)
+            return [r[0] for r in c.fetchall()]
 
     def work_built(self) -> bool:
         with self.datastore.transaction(commit=False) as c:
@@ -202,10 +257,10 @@ class PostgresStoreRecorder(PostgresBatchApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         schema = f'"{self.datastore.schema}"'
-        runs, timers, built = (f'{schema}."{t}"' for t in (RUNS, TIMERS, BUILT))
-        self.runs_table = runs
-        self.work_sql = WorkSQL(runs, timers, built, "%s")
-        ddl = _ddl(runs, timers, built, "uuid", "double precision")
+        prefix = f"{schema}."
+        self.runs_table = f"{prefix}{RUNS}"
+        self.work_sql = WorkSQL(prefix, "%s")
+        ddl = _ddl(prefix, "uuid", "double precision")
         events = f'{schema}."{self.events_table_name}"'
         ddl.append(
             f'CREATE INDEX IF NOT EXISTS "{self.events_table_name}_indexed_topics" ON {events} '
@@ -263,7 +318,23 @@ class PostgresStoreRecorder(PostgresBatchApplicationRecorder):
             }
             curs.execute(self.work_sql.timers)
             timers = {r["job_id"]: (r["state"], r["since"]) for r in curs.fetchall()}
-        return WorkRows(runs, timers)
+            curs.execute(self.work_sql.sessions)
+            sessions = {r["job_id"]: (r["session_id"], r["state"]) for r in curs.fetchall()}
+            curs.execute(self.work_sql.services)
+            services = frozenset(r["url"] for r in curs.fetchall())
+        return WorkRows(runs, timers, sessions, services)
+
+    def held_among(self, session_ids: Collection[str], states: Collection[str]) -> set[str]:
+        every = "SELECT unnest(%s::text[])"
+        query = self.work_sql.held.format(ids=every, states=every)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query, (list(session_ids), list(states)))
+            return {r["session_id"] for r in curs.fetchall()}
+
+    def session_services(self) -> list[str]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.work_sql.services)
+            return [r["url"] for r in curs.fetchall()]
 
     def work_built(self) -> bool:
         with self.datastore.transaction(commit=False) as curs:
@@ -303,6 +374,8 @@ class POPOStoreRecorder(POPOApplicationRecorder):
         # id -> [job, available_at, reserved_until, opened_at]
         self._runs: dict[UUID, list[Any]] = {}
         self._timers: dict[UUID, tuple[str, float]] = {}
+        self._sessions: dict[UUID, tuple[str, str]] = {}
+        self._services: set[str] = set()
         self._work_lock: RLock = self._database_lock
 
     def _insert_events(
@@ -326,6 +399,11 @@ class POPOStoreRecorder(POPOApplicationRecorder):
         self._timers.update(work.timed)
         for job in work.untimed:
             self._timers.pop(job, None)
+        self._sessions.update(work.spawned)
+        for job, state in work.moved.items():
+            if job in self._sessions:
+                self._sessions[job] = (self._sessions[job][0], state)
+        self._services.update(work.services)
 
     def reserve_runs(self, now: float, hold_until: float, limit: int) -> list[tuple[UUID, UUID]]:
         with self._work_lock:
@@ -351,7 +429,18 @@ class POPOStoreRecorder(POPOApplicationRecorder):
     def work_rows(self) -> WorkRows:
         with self._work_lock:
             runs = {run: (row[0], row[3], row[1]) for run, row in self._runs.items()}
-            return WorkRows(runs, dict(self._timers))
+            sessions, services = dict(self._sessions), frozenset(self._services)
+            return WorkRows(runs, dict(self._timers), sessions, services)
+
+    def held_among(self, session_ids: Collection[str], states: Collection[str]) -> set[str]:
+        wanted = set(session_ids)
+        with self._work_lock:
+            held = self._sessions.values()
+            return {session for session, state in held if session in wanted and state in states}
+
+    def session_services(self) -> list[str]:
+        with self._work_lock:
+            return sorted(self._services)
 
     def work_built(self) -> bool:
         return True  # a memory store starts empty, with its work table

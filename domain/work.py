@@ -11,12 +11,16 @@ behind the events it follows. One column is not a function of the log: a run's
 different runs (on PostgreSQL with ``FOR UPDATE SKIP LOCKED``). The claim itself is still the OCC
 write on the invocation; a reservation can only delay a run, and only until it runs out.
 
+The same table answers reconciliation (``integrations/reconcile.py``): each job's last applied
+session and the state the job is in (whether it holds it: ``domain.orphan``), and the session
+services jobs name. A reconciler asks about the sessions it finds live, not about every job.
+
 Times are Unix seconds (floats): the rows are compared and indexed, never shown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +31,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper
 from domain.invocation import Invocation
 from domain.job import CurationJob
 from domain.log import CLAIMED, FINISHED, JOB_TOPICS, STARTED, UNREADABLE, LogReader, log_reader
+from domain.orphan import SESSION_SERVICE_KEY
 from domain.transitions import STATE_TIMEOUTS, TRANSITIONS, JobState
 
 # Only jobs in a state with a timeout get a row: a finished job costs the table nothing.
@@ -40,16 +45,21 @@ class WorkChanges:
     """What one save does to the work table, folded in event order: per run, its open row
     (``opened``: job, started at, available at), a new moment it becomes available
     (``leased``, for runs opened earlier) or its removal (``closed``); per job, its timed
-    state and since when, or its removal."""
+    state and since when, or its removal; its session and state once a session is applied
+    (``spawned``), or just its new state (``moved``, for jobs whose session is older); and
+    the session services new jobs name."""
 
     opened: dict[UUID, tuple[UUID, float, float]] = field(default_factory=dict)
     leased: dict[UUID, float] = field(default_factory=dict)
     closed: set[UUID] = field(default_factory=set)
     timed: dict[UUID, tuple[str, float]] = field(default_factory=dict)
     untimed: set[UUID] = field(default_factory=set)
+    spawned: dict[UUID, tuple[str, str]] = field(default_factory=dict)
+    moved: dict[UUID, str] = field(default_factory=dict)
+    services: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return any((self.opened, self.leased, self.closed, self.timed, self.untimed))
+        return any(vars(self).values())
 
     def fold(self, event: Any) -> None:
         if isinstance(event, CurationJob.Event):
@@ -68,6 +78,20 @@ class WorkChanges:
         else:
             self.untimed.add(job_id)
             self.timed.pop(job_id, None)
+        self._session(job_id, type(event).__name__, event, str(state))
+
+    def _session(self, job_id: UUID, kind: str, event: Any, state: str) -> None:
+        if kind == "SessionSpawned":
+            self.spawned[job_id] = (event.session_id, state)
+            self.moved.pop(job_id, None)
+        elif job_id in self.spawned:
+            self.spawned[job_id] = (self.spawned[job_id][0], state)
+        else:
+            self.moved[job_id] = state
+        if kind == "Created":
+            url = event.spec.get(SESSION_SERVICE_KEY)
+            if isinstance(url, str) and url:
+                self.services.add(url.rstrip("/"))
 
     def _run(self, event: Any) -> None:
         run, kind = event.originator_id, type(event).__name__
@@ -121,21 +145,32 @@ class WorkRows:
 
     runs: Mapping[UUID, tuple[UUID, float, float]]
     timers: Mapping[UUID, tuple[str, float]]
+    sessions: Mapping[UUID, tuple[str, str]]  # per job: its last applied session, its state
+    services: frozenset[str]
 
     @classmethod
     def of(cls, changes: WorkChanges) -> WorkRows:
         """The rows ``changes`` leaves in an empty table (a fold of a whole log's)."""
-        return cls(dict(changes.opened), dict(changes.timed))
+        return cls(
+            dict(changes.opened),
+            dict(changes.timed),
+            dict(changes.spawned),
+            frozenset(changes.services),
+        )
 
     def differences(self, expected: WorkRows) -> list[str]:
         """What these rows have that ``expected`` does not, and what they lack or hold
         otherwise, one line each (run or job id first)."""
         found: list[str] = []
-        for kind, have, want in (
+        services = (dict.fromkeys(self.services, True), dict.fromkeys(expected.services, True))
+        tables: tuple[tuple[str, Mapping[Any, Any], Mapping[Any, Any]], ...] = (
             ("run", self.runs, expected.runs),
             ("job", self.timers, expected.timers),
-        ):
-            for key in sorted(set(have) | set(want)):
+            ("session of job", self.sessions, expected.sessions),
+            ("service", *services),
+        )
+        for kind, have, want in tables:
+            for key in sorted(set(have) | set(want), key=str):
                 if have.get(key) != want.get(key):
                     found.append(f"{kind} {key}: work table {have.get(key)}, log {want.get(key)}")
         return found
@@ -160,6 +195,15 @@ class WorkTable(Protocol):
 
     def work_rows(self) -> WorkRows:
         """Every row, less reservations (which the log does not say)."""
+        ...
+
+    def held_among(self, session_ids: Collection[str], states: Collection[str]) -> set[str]:
+        """Those of ``session_ids`` that are the last applied session of a job in one of
+        ``states``."""
+        ...
+
+    def session_services(self) -> list[str]:
+        """Every session service a job's spec names."""
         ...
 
     def work_built(self) -> bool:

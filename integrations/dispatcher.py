@@ -50,12 +50,11 @@ from domain import (
     StoreUnavailable,
     Verdict,
 )
-from domain.orphan import holds_session
+from domain.orphan import SESSION_SERVICE_KEY, holds_session
 from domain.transitions import STATE_TIMEOUTS
 from integrations.group_commit import GroupCommit
 from integrations.observer import DispatchObserver, RunObserver, Unobserved
 from integrations.reconcile import ReconcileReport
-from integrations.session_client import SESSION_SERVICE_KEY
 
 log = logging.getLogger(__name__)
 

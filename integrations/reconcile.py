@@ -20,21 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from uuid import UUID
 
 from domain import (
     CurationService,
     InvalidDispatch,
     InvocationNotFound,
     InvocationView,
-    JobState,
     MalformedId,
     as_uuid,
 )
-from domain.followers import LogFollower
-from domain.log import JOB_CREATED, JOB_SESSION_SPAWNED, JOB_TOPICS, STATE_AFTER, Notice
-from domain.orphan import DEFAULT_GRACE, HOLDING_STATES, Finding, judge
-from integrations.session_client import SESSION_SERVICE_KEY, SessionServiceError
+from domain.orphan import DEFAULT_GRACE, Finding, judge
+from integrations.session_client import SessionServiceError
 
 log = logging.getLogger(__name__)
 
@@ -91,39 +87,6 @@ class LiveSession:
         return timedelta(seconds=max(now.timestamp() - self.created, 0.0))
 
 
-class HeldSessions(LogFollower):
-    """Each job's state, the session of its last applied ``SessionSpawned`` and the session
-    service its spec names, folded from the log."""
-
-    topics = JOB_TOPICS
-
-    def __init__(self, service: CurationService) -> None:
-        super().__init__(service)
-        self._jobs: dict[UUID, tuple[JobState, str | None]] = {}
-        self._services: dict[str, None] = {}  # in order of first mention
-
-    def held(self) -> set[str]:
-        """The sessions jobs hold as of now (``domain.orphan.HOLDING_STATES``)."""
-        self.read_new()
-        return {s for state, s in self._jobs.values() if s is not None and state in HOLDING_STATES}
-
-    def services(self) -> list[str]:
-        """Every session service a job's spec names."""
-        self.read_new()
-        return list(self._services)
-
-    def fold(self, notice: Notice) -> None:
-        job_id = notice.originator_id
-        session = self._jobs.get(job_id, (JobState.QUEUED, None))[1]
-        if notice.topic == JOB_SESSION_SPAWNED:
-            session = notice.event.session_id
-        elif notice.topic == JOB_CREATED:
-            url = notice.event.spec.get(SESSION_SERVICE_KEY)
-            if isinstance(url, str) and url:
-                self._services.setdefault(url.rstrip("/"), None)
-        self._jobs[job_id] = (STATE_AFTER[notice.topic], session)
-
-
 class Reconciler:
     """Stops and records the sessions no job holds (see the module docstring)."""
 
@@ -137,10 +100,9 @@ class Reconciler:
         self.service = service
         self.client = client
         self.grace = grace
-        self._held = HeldSessions(service)
 
     def services(self) -> list[str]:
-        return self._held.services()
+        return self.service.session_services()
 
     def reconcile(self, service_url: str, now: datetime | None = None) -> ReconcileReport:
         """One pass over the live sessions of ``service_url``. Raises SessionServiceError if
@@ -149,7 +111,9 @@ class Reconciler:
         moment = now or datetime.now(UTC)
         live = [s for s in map(LiveSession.of, self.client.list(service_url)) if s is not None]
         creators = {s.session_id: self._creator(s.idempotency_key) for s in live}
-        held = self._held.held()  # after the creators: see judge()
+        # After the creators (see judge()); asked of the store's work table for these
+        # sessions only, so a pass costs what the service holds, not what the log does.
+        held = self.service.held_sessions([s.session_id for s in live])
         orphans = stopped = 0
         for session in live:
             creator = creators[session.session_id]

@@ -31,8 +31,6 @@ from urllib3.exceptions import TimeoutError as Timeout
 DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 READ_CHUNK = 64 * 1024
 
-# Where a job's spec names the session service its integration talks to.
-SESSION_SERVICE_KEY = "session_service"
 
 ErrorKind = Literal["http_error", "bad_request"]
 

@@ -14,9 +14,9 @@ from enum import StrEnum
 from typing import Any
 
 from domain import Dispatch
+from domain.orphan import SESSION_SERVICE_KEY
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import RunOutcome
-from integrations.session_client import SESSION_SERVICE_KEY
 from simulation.sessions import SessionModels
 
 INTEGRATION = "build_session_message"

@@ -42,12 +42,11 @@ from uuid import UUID, uuid4
 from domain import CurationService, Dispatch, InvalidDispatch, InvalidTransition, JobState
 from domain.cedar import default_policies
 from domain.log import log_reader
-from domain.orphan import DEFAULT_GRACE, OrphanSession, orphan_id
+from domain.orphan import DEFAULT_GRACE, SESSION_SERVICE_KEY, OrphanSession, orphan_id
 from domain.transitions import STATE_TIMEOUTS
 from integrations.authorizer import CedarAuthorizer
 from integrations.dispatcher import Completer, Completion, Dispatcher, Run, RunOutcome
 from integrations.reconcile import Reconciler
-from integrations.session_client import SESSION_SERVICE_KEY
 from simulation.clock import VirtualClock
 from simulation.incident import IncidentCompleter
 from simulation.model import Model, RunModel, Violation, verdict_text
@@ -505,6 +504,11 @@ class World:
         }
         if set(rows) != {r for r, run in self.model.runs.items() if not run.finished}:
             raise Violation("work table", f"open runs {len(rows)} differ from the model's")
+        every = [*self.sessions.live, *self.sessions.deleted]
+        held = self.service.held_sessions(every)
+        if held != set(self.model.held()):
+            raise Violation("work table", f"says jobs hold {sorted(held)}, the model "
+                            f"{sorted(self.model.held())}")  # fmt: skip
         if offered != free:
             labels = sorted(self.model.runs[r].label for r in offered ^ free)
             raise Violation(

@@ -25,8 +25,8 @@ from psycopg import sql
 from bootstrap import Settings, System, build_system
 from domain import CurationService, Dispatch, JobState, StoreUnavailable, StoreURLError
 from domain.cedar import default_policies
-from domain.followers import LogFollower
-from domain.log import STARTED, Keep, LogReader, Notice, Page
+from domain.log import Keep, LogReader, Page
+from domain.policy_book import PolicyBook
 from domain.store_url import parse_store_url, redact
 from integrations.authorizer import AuthzOutcome, CedarAuthorizer
 from integrations.dispatcher import Dispatcher, RunOutcome
@@ -99,19 +99,6 @@ def test_an_application_name_is_for_postgresql_only() -> None:
 # -- following the log ----------------------------------------------------------------------------
 
 
-class StartedRuns(LogFollower):
-    """The invocations started, in log order."""
-
-    topics = (STARTED,)
-
-    def __init__(self, app: CurationService, batch_size: int) -> None:
-        super().__init__(app, batch_size)
-        self.started: list[Any] = []
-
-    def fold(self, notice: Notice) -> None:
-        self.started.append(notice.originator_id)
-
-
 class DropsOnce:
     """A log reader's ``read`` whose call number ``fail_at`` dies the way a terminated
     backend does (the library's error, before any translation)."""
@@ -135,16 +122,16 @@ def test_a_connection_dropped_mid_read_is_store_unavailable_and_a_follower_resum
 ) -> None:
     svc = CurationService.open(shared_store_url)
     try:
-        dispatches = submitted(svc, 3)
-        feed = StartedRuns(svc, batch_size=2)
-        flaky = DropsOnce(feed._log, fail_at=2)  # the second batch
-        feed._log.read = flaky.read  # type: ignore[method-assign]
+        policies = [svc.policies.add_policy(default_policies(f"http://h:{n}")) for n in range(3)]
+        book = PolicyBook(svc, batch_size=2)
+        flaky = DropsOnce(book._log, fail_at=2)  # the second batch
+        book._log.read = flaky.read  # type: ignore[method-assign]
         with pytest.raises(StoreUnavailable, match=DROPPED):
-            feed.read_new()
-        feed.read_new()
+            book.active_policies()
+        found = [p.id for p in book.active_policies()]
     finally:
         svc.close()
-    assert feed.started == [d.invocation_id for d in dispatches]
+    assert found == policies
 
 
 # -- the worker loop -----------------------------------------------------------------------------

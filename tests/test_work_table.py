@@ -23,7 +23,7 @@ from domain import (
 )
 from domain.cedar import default_policies
 from domain.log import DECISION_REQUESTED, INDEXED_TOPICS, POLICY_TOPICS, LogReader, log_reader
-from domain.store_recorders import BUILT, RUNS, TIMERS, PostgresStoreRecorder
+from domain.store_recorders import BUILT, RUNS, SESSIONS, TIMERS, PostgresStoreRecorder
 from integrations.group_commit import GroupCommit
 from tests.support.fakes import event_count
 
@@ -120,7 +120,7 @@ def drop_work_table(svc: CurationService) -> None:
 def history_of_every_kind(svc: CurationService) -> None:
     now = datetime.now(UTC)
     a, b, c, d, e = svc.start_jobs([{"n": n} for n in range(5)])
-    svc.create_job({"queued": True})
+    svc.create_job({"queued": True, "session_service": "http://svc.example/"})
     svc.claim_batch([a.invocation_id, b.invocation_id], "w", LEASE, now, module_sha256=SHA)
     svc.complete_batch(
         [
@@ -150,6 +150,29 @@ def test_a_store_from_before_the_table_gets_it_filled_from_its_log(shared_store_
         history_of_every_kind(svc)
         kept = svc.work.work_rows()
         drop_work_table(svc)
+    finally:
+        svc.close()
+    reopened = open_service(Settings(store_url=shared_store_url))
+    try:
+        assert reopened.work.work_rows() == kept
+    finally:
+        reopened.close()
+
+
+def test_a_store_built_before_a_table_was_added_gets_it_filled(shared_store_url: str) -> None:
+    svc = open_service(Settings(store_url=shared_store_url))
+    try:
+        history_of_every_kind(svc)
+        kept = svc.work.work_rows()
+        # a's and e's: the jobs a SessionSpawned was applied to; the one service a spec names
+        assert (len(kept.sessions), kept.services) == (2, frozenset({"http://svc.example"}))
+        prefix = ""
+        if isinstance(svc.recorder, PostgresStoreRecorder):
+            prefix = f'"{svc.recorder.datastore.schema}".'
+        with svc.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(f"DELETE FROM {prefix}{SESSIONS}")  # as a version-1 build left it
+            cursor.execute(f"DELETE FROM {prefix}{BUILT}")
+            cursor.execute(f"INSERT INTO {prefix}{BUILT} (built) VALUES (1)")
     finally:
         svc.close()
     reopened = open_service(Settings(store_url=shared_store_url))
