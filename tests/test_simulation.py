@@ -198,3 +198,18 @@ def test_a_work_table_that_forgets_finished_runs_would_offer_them(
     found = first_violation()
     assert found is not None
     assert found[1].startswith("invariant work table: open runs")
+
+
+def test_a_work_table_that_misses_a_job_leaving_its_session_would_keep_an_orphan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = WorkChanges._session
+
+    def no_moves(self: WorkChanges, job_id: Any, kind: str, event: Any, state: str) -> None:
+        if kind == "SessionSpawned" or job_id in self.spawned:
+            original(self, job_id, kind, event, state)
+
+    monkeypatch.setattr(WorkChanges, "_session", no_moves)
+    found = first_violation()
+    assert found is not None  # seed 0: a failed job's session still counts as held
+    assert found[1].startswith(("invariant 4", "invariant work table"))
