@@ -23,7 +23,14 @@ from domain import (
 )
 from domain.cedar import default_policies
 from domain.log import DECISION_REQUESTED, INDEXED_TOPICS, POLICY_TOPICS, LogReader, log_reader
-from domain.store_recorders import BUILT, RUNS, SESSIONS, TIMERS, PostgresStoreRecorder
+from domain.store_recorders import (
+    BUILT,
+    RUNS,
+    SERVICES,
+    SESSIONS,
+    TIMERS,
+    PostgresStoreRecorder,
+)
 from integrations.group_commit import GroupCommit
 from tests.support.fakes import event_count
 
@@ -106,15 +113,18 @@ def test_workers_asking_at_once_are_offered_different_runs(shared_store_url: str
 # -- kept in step with the log ---------------------------------------------------------------
 
 
-def drop_work_table(svc: CurationService) -> None:
-    """Makes the store look like one written before the work table existed."""
-    recorder = svc.recorder
-    prefix = ""
-    if isinstance(recorder, PostgresStoreRecorder):
-        prefix = f'"{recorder.datastore.schema}".'
-    with recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
-        for table in (RUNS, TIMERS, BUILT):
-            cursor.execute(f"DROP TABLE {prefix}{table}")
+def table(svc: CurationService, name: str) -> str:
+    """A work-table table's name as the store's SQL names it."""
+    if isinstance(svc.recorder, PostgresStoreRecorder):
+        return f'"{svc.recorder.datastore.schema}".{name}'
+    return name
+
+
+def run_sql(svc: CurationService, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    """Changes the store behind the service's back, in one transaction."""
+    with svc.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
+        for statement, params in statements:
+            cursor.execute(statement, params)
 
 
 def history_of_every_kind(svc: CurationService) -> None:
@@ -144,55 +154,52 @@ def test_the_table_kept_with_the_events_is_a_fold_of_the_log(svc: CurationServic
     assert svc.work_drift() == []
 
 
-def test_a_store_from_before_the_table_gets_it_filled_from_its_log(shared_store_url: str) -> None:
-    svc = open_service(Settings(store_url=shared_store_url))
-    try:
-        history_of_every_kind(svc)
-        kept = svc.work.work_rows()
-        drop_work_table(svc)
-    finally:
-        svc.close()
-    reopened = open_service(Settings(store_url=shared_store_url))
-    try:
-        assert reopened.work.work_rows() == kept
-    finally:
-        reopened.close()
-
-
-def test_a_store_built_before_a_table_was_added_gets_it_filled(shared_store_url: str) -> None:
-    svc = open_service(Settings(store_url=shared_store_url))
+def refilled_on_open(url: str, tamper: Callable[[CurationService], None]) -> None:
+    """The work table of a history of every kind, tampered with as an older version of the
+    table would have left it, is what it was once the store is opened again."""
+    svc = open_service(Settings(store_url=url))
     try:
         history_of_every_kind(svc)
         kept = svc.work.work_rows()
         # a's and e's: the jobs a SessionSpawned was applied to; the one service a spec names
         assert (len(kept.sessions), kept.services) == (2, frozenset({"http://svc.example"}))
-        prefix = ""
-        if isinstance(svc.recorder, PostgresStoreRecorder):
-            prefix = f'"{svc.recorder.datastore.schema}".'
-        with svc.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
-            cursor.execute(f"DELETE FROM {prefix}{SESSIONS}")  # as a version-1 build left it
-            cursor.execute(f"DELETE FROM {prefix}{BUILT}")
-            cursor.execute(f"INSERT INTO {prefix}{BUILT} (built) VALUES (1)")
+        tamper(svc)
     finally:
         svc.close()
-    reopened = open_service(Settings(store_url=shared_store_url))
+    reopened = open_service(Settings(store_url=url))
     try:
         assert reopened.work.work_rows() == kept
     finally:
         reopened.close()
+
+
+def test_a_store_from_before_the_table_gets_it_filled_from_its_log(shared_store_url: str) -> None:
+    def no_table(svc: CurationService) -> None:
+        tables = (RUNS, TIMERS, SESSIONS, SERVICES, BUILT)
+        run_sql(svc, *((f"DROP TABLE {table(svc, t)}", ()) for t in tables))
+
+    refilled_on_open(shared_store_url, no_table)
+
+
+def test_a_store_built_before_a_table_was_added_gets_it_filled(shared_store_url: str) -> None:
+    def version_1(svc: CurationService) -> None:
+        run_sql(
+            svc,
+            (f"DELETE FROM {table(svc, SESSIONS)}", ()),
+            (f"DELETE FROM {table(svc, BUILT)}", ()),
+            (f"INSERT INTO {table(svc, BUILT)} (built) VALUES (1)", ()),
+        )
+
+    refilled_on_open(shared_store_url, version_1)
 
 
 def test_drift_names_a_row_the_log_does_not_explain(shared_store_url: str) -> None:
     svc = open_service(Settings(store_url=shared_store_url))
     try:
         [kept, lost] = svc.start_jobs([{"n": 1}, {"n": 2}])
-        prefix = ""
-        if isinstance(svc.recorder, PostgresStoreRecorder):
-            prefix = f'"{svc.recorder.datastore.schema}".'
-        key = lost.invocation_id if prefix else str(lost.invocation_id)
-        with svc.recorder.datastore.transaction(commit=True) as cursor:  # type: ignore[attr-defined]
-            mark = "%s" if prefix else "?"
-            cursor.execute(f"DELETE FROM {prefix}{RUNS} WHERE invocation_id = {mark}", (key,))
+        postgres = isinstance(svc.recorder, PostgresStoreRecorder)
+        key, mark = (lost.invocation_id, "%s") if postgres else (str(lost.invocation_id), "?")
+        run_sql(svc, (f"DELETE FROM {table(svc, RUNS)} WHERE invocation_id = {mark}", (key,)))
         [line] = svc.work_drift()
     finally:
         svc.close()
