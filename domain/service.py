@@ -86,6 +86,13 @@ def _ids_checked(dispatch: Dispatch) -> Dispatch:
     return replace(dispatch, job_id=job_id, invocation_id=invocation_id)
 
 
+def _dispatch_of(invocation: Invocation) -> Dispatch:
+    """The dispatch a claimed invocation runs under, as its record says."""
+    return Dispatch(
+        invocation.job_id, invocation.id, invocation.expected_version, invocation.attempt
+    )
+
+
 @dataclass(frozen=True)
 class StoredBatch:
     """The stored snapshots and events a batch of completions is decided on."""
@@ -343,9 +350,7 @@ class CurationService(Application[UUID]):
             invocation = self._invocation(invocation_uuid)
             invocation.claim(worker, now or datetime.now(UTC), lease, module_sha256)
             self.save(invocation)
-            return Dispatch(
-                invocation.job_id, invocation.id, invocation.expected_version, invocation.attempt
-            )
+            return _dispatch_of(invocation)
 
         return self._retrying(f"claim of invocation {invocation_uuid}", once)
 
@@ -409,12 +414,11 @@ class CurationService(Application[UUID]):
         moment = now or datetime.now(UTC)
 
         def once() -> list[Dispatch | None]:
-            stored = events_of(self.recorder, dict.fromkeys(ids, 0))
+            stored = self._batch([], ids)
             claimed: list[Invocation] = []
             dispatches: list[Dispatch | None] = []
             for invocation_id in ids:
-                events = (self.mapper.to_domain_event(e) for e in stored.get(invocation_id, []))
-                invocation = fold(None, events)
+                invocation = stored.invocation(self, invocation_id)
                 if not isinstance(invocation, Invocation) or not invocation.started:
                     dispatches.append(None)
                     continue
@@ -424,14 +428,7 @@ class CurationService(Application[UUID]):
                     dispatches.append(None)
                     continue
                 claimed.append(invocation)
-                dispatches.append(
-                    Dispatch(
-                        invocation.job_id,
-                        invocation.id,
-                        invocation.expected_version,
-                        invocation.attempt,
-                    )
-                )
+                dispatches.append(_dispatch_of(invocation))
             if claimed:
                 self.save(*claimed)
             return dispatches
