@@ -15,6 +15,7 @@ saves from waiting on each other's rows.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from threading import RLock
 from typing import Any
@@ -64,7 +65,8 @@ def _ddl(prefix: str, key: str, real: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {sessions} (job_id {key} PRIMARY KEY, "
         "session_id TEXT NOT NULL, state TEXT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS sequent_job_sessions_session ON {sessions} (session_id)",
-        f"CREATE TABLE IF NOT EXISTS {services} (url TEXT PRIMARY KEY)",
+        # Keyed by the URL's sha256: a spec may name a URL longer than an index entry can be.
+        f"CREATE TABLE IF NOT EXISTS {services} (url_sha256 TEXT PRIMARY KEY, url TEXT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {built} (built INTEGER PRIMARY KEY)",
     ]
 
@@ -96,7 +98,9 @@ class WorkSQL:
             "state = excluded.state"
         )
         self.move_session = f"UPDATE {sessions} SET state = {m} WHERE job_id = {m}"
-        self.add_service = f"INSERT INTO {services} (url) VALUES ({m}) ON CONFLICT DO NOTHING"
+        self.add_service = (
+            f"INSERT INTO {services} (url_sha256, url) VALUES ({m},{m}) ON CONFLICT DO NOTHING"
+        )
         self.held = (  # {ids} and {states}: the store's way of listing many values
             f"SELECT session_id FROM {sessions} "
             "WHERE session_id IN ({ids}) AND state IN ({states})"
@@ -133,7 +137,7 @@ class WorkSQL:
                 (self.delete_timer, [(key(j),) for j in sorted(changes.untimed)]),
                 (self.upsert_session, [(key(j), sid, st) for j, (sid, st) in spawned]),
                 (self.move_session, [(st, key(j)) for j, st in sorted(changes.moved.items())]),
-                (self.add_service, [(url,) for url in sorted(changes.services)]),
+                (self.add_service, [(_sha256(url), url) for url in sorted(changes.services)]),
             )
             if rows
         ]
@@ -142,6 +146,10 @@ class WorkSQL:
 def _work(kwargs: Mapping[str, Any]) -> WorkChanges | None:
     work = kwargs.get("work")
     return work if isinstance(work, WorkChanges) and work else None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class _HeadMoved(Exception):

@@ -3,6 +3,7 @@ reservations, and the dispatcher's GroupCommit."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -290,3 +291,17 @@ def test_reading_indexed_topics_finds_what_the_librarys_reader_finds(
         svc.close()
     assert indexed == expected
     assert len(expected) >= 3
+
+
+def test_a_session_service_url_as_long_as_a_spec_allows_is_kept(shared_store_url: str) -> None:
+    """The validator lets a spec name a URL longer than an index entry can hold: the work
+    table must still take the job (it keys services by the URL's sha256)."""
+    url = "http://svc.example/" + secrets.token_hex(4500)  # 9 KB that do not compress
+    svc = open_service(Settings(store_url=shared_store_url))
+    try:
+        svc.create_job({"session_service": url})
+        services, drift = svc.session_services(), svc.work_drift()
+    finally:
+        svc.close()
+    assert services == [url]
+    assert drift == []
