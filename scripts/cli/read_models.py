@@ -285,7 +285,13 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
     )
 
     verify = add_command(
-        sub, common, "verify", help="replay parity of the read models with the event history"
+        sub,
+        common,
+        "verify",
+        help="replay parity of the read models with the event history",
+        description="Folds the log one aggregate at a time and compares every read model "
+        "column by column; also checks the log itself (transitions, undecodable events), the "
+        "job snapshots and the workers' work table. Exit 1 on any drift.",
     )
     verify.add_argument(
         "--no-catch-up",

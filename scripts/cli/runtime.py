@@ -136,10 +136,26 @@ def add_parsers(sub: Subcommands, common: OneLineParser) -> None:
     )
 
     worker = add_command(sub, common, "worker", help="run a dispatcher against --db")
-    worker.add_argument("--concurrency", type=positive_int, default=16)
-    worker.add_argument("--lease", type=float, default=60.0, metavar="SECONDS")
-    worker.add_argument("--worker-id", default=None)
-    worker.add_argument("--once", action="store_true", help="run what is pending, then exit")
+    worker.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=16,
+        help="runs at once; they are claimed, and their completions saved, in groups",
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a claim keeps a run from other workers (a crashed worker's runs wait "
+        "this long)",
+    )
+    worker.add_argument("--worker-id", default=None, help="default: HOST:PID")
+    worker.add_argument(
+        "--once",
+        action="store_true",
+        help="run every run the store offers now (more as runs finish), then exit",
+    )
     worker.add_argument(
         "--reconcile-every",
         type=float,
